@@ -1,0 +1,57 @@
+"""One typed settings object, read once from RECON_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from platformdirs import user_data_path
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything polyrecon can be told; each field is `RECON_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RECON_", extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = Field(
+        default=None, description="Postgres URL; unset starts the embedded Postgres"
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: user_data_path("polyrecon", appauthor=False),
+        description="where the embedded Postgres, reports and venue files live",
+    )
+
+    exchange_target: str = "grpc-api.preprod.polymarketexchange.com:443"
+    exchange_tls: bool = True
+    exchange_token: SecretStr | None = None
+    participant_id: str | None = Field(default=None, description="firms/<FIRM>/users/<USER>")
+    auth0_token_url: str | None = None
+    auth0_client_id: str | None = None
+    auth0_audience: str | None = None
+    auth0_private_key_file: Path | None = None
+    symbols: CommaList = Field(default_factory=list, description="symbol shard; empty = all")
+    firms: CommaList = Field(default_factory=list)
+
+    feed_orders_url: SecretStr | None = None
+    feed_trades_url: SecretStr | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = False
+    metrics_port: int | None = None
+
+    @field_validator("symbols", "firms", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,52 @@
+"""Engine and the one unit-of-work boundary: `session_scope()` commits on success, rolls back on error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, get_settings
+from app.db.embedded import embedded_database_url
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The configured Postgres URL in SQLAlchemy form, starting the embedded one when unset."""
+    settings = settings or get_settings()
+    if settings.database_url is None:
+        return embedded_database_url(settings.data_dir)
+    return sqlalchemy_url(settings.database_url.get_secret_value())
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept `postgres://`, `postgresql://` or `postgresql+psycopg://` and use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    return create_engine(url, pool_pre_ping=True, future=True)
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    return make_engine(database_url())
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
