@@ -11,13 +11,15 @@ from app.config import get_settings
 
 root = typer.Typer(
     name="recon",
-    help="polyrecon: trade reconciliation back office for Polymarket (exchange DropCopy + on-chain).",
+    help="polyrecon: trade reconciliation back office for Polymarket (exchange + on-chain).",
     no_args_is_help=True,
     add_completion=False,
 )
 db = typer.Typer(help="Database: migrations and status.", no_args_is_help=True)
 breaks = typer.Typer(help="Work the break queue: list, show, ack, resolve.", no_args_is_help=True)
-query = typer.Typer(help="Compliance queries: order trail, trades, fees, wallet.", no_args_is_help=True)
+query = typer.Typer(
+    help="Compliance queries: order trail, trades, fees, wallet.", no_args_is_help=True
+)
 root.add_typer(db, name="db")
 root.add_typer(breaks, name="breaks")
 root.add_typer(query, name="query")

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     feed_orders_url: SecretStr | None = None
     feed_trades_url: SecretStr | None = None
 
+    intraday_minutes: int = Field(default=15, ge=1, description="intraday reconcile interval")
+    eod_time: str = Field(default="18:30", pattern=r"^\d{2}:\d{2}$", description="end-of-day HH:MM")
+    timezone: str = Field(default="America/New_York", description="time zone of eod_time")
+    misfire_grace_seconds: int = Field(default=600, ge=1)
+
     log_level: str = "INFO"
     log_json: bool = False
     metrics_port: int | None = None

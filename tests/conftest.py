@@ -1,9 +1,9 @@
 """Real-Postgres fixtures.
 
-Server, in order: `RECON_TEST_DATABASE_URL`; else a testcontainers Postgres when a Docker engine answers;
-else the embedded Postgres (pgserver). The schema is built once by the migrations into a template
-database; each test gets its own clone (`CREATE DATABASE ... TEMPLATE ...`), so code that commits is
-still isolated.
+Server, in order: `RECON_TEST_DATABASE_URL`; else a testcontainers Postgres when a Docker
+engine answers; else the embedded Postgres (pgserver). The schema is built once by the migrations
+into a template database; each test gets its own clone (`CREATE DATABASE ... TEMPLATE ...`), so
+code that commits is still isolated.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ def _docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], check=False, capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -1,4 +1,4 @@
-"""Engine and the one unit-of-work boundary: `session_scope()` commits on success, rolls back on error."""
+"""Engine and the one unit-of-work boundary: `session_scope()` commits or rolls back."""
 
 from __future__ import annotations
 

@@ -202,9 +202,7 @@ def test_enum_numbers_follow_the_documented_contract(
 def test_field_numbers_follow_the_wire_contract() -> None:
     proto = descriptor_pb2.FileDescriptorProto()
     trading_pb2.DESCRIPTOR.CopyToProto(proto)
-    fields = {
-        (m.name, f.name): f.number for m in proto.message_type for f in m.field
-    }
+    fields = {(m.name, f.name): f.number for m in proto.message_type for f in m.field}
     assert fields[("Execution", "commission_notional_collected")] == 10
     assert fields[("Execution", "transact_trade_date")] == 11
     assert fields[("Order", "insert_time")] == 16

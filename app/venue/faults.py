@@ -1,0 +1,252 @@
+"""Fault injection for the simulated venue's servers: what a flaky exchange and flaky feeds do to a
+consumer. Every fault is off by default and configured by one spec string, e.g.
+
+    disconnect_every=5000,duplicate_rate=0.01,reorder_window=8,latency_ms=2,token_ttl_s=30,
+    ws_drop_every=20000,malformed_rate=0.001,seed=7
+
+Each stream or websocket connection gets its own `FaultPlan` whose random choices are seeded from
+(seed, channel, ordinal of the connection on that channel), so a run is reproducible as long as the
+clients connect in the same order. Injected messages that are not ground truth (malformed ones) and
+every other fault fired are written to a `FaultLog`, which tests and the e2e harness read.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Literal, TypeVar
+
+import orjson
+
+from polymarket.v1 import trading_pb2
+
+T = TypeVar("T")
+
+# Not a valid ExecutionType: a consumer must dead-letter it rather than guess.
+UNKNOWN_EXECUTION_TYPE = 99
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    disconnect_every: int | None = None  # events per stream/connection before a forced disconnect
+    duplicate_rate: float = 0.0  # chance that a gRPC batch / ws event is delivered twice
+    reorder_window: int = 0  # shuffle events within windows of this many (0/1 = in order)
+    latency_ms: float = 0.0  # added before every gRPC response / ws event
+    token_ttl_s: float | None = None  # resume token lifetime; None = tokens never expire
+    ws_drop_every: int | None = None  # ws events per connection before the TCP link is cut
+    malformed_rate: float = 0.0  # chance per event of an extra malformed message
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultSpec:
+        """Parse "key=value,..."; an empty spec (or "none") is no faults. Raises ValueError."""
+        spec = spec.strip()
+        if spec in {"", "none"}:
+            return cls()
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, int | float | None] = {}
+        for item in spec.split(","):
+            key, sep, raw = (part.strip() for part in item.partition("="))
+            if not sep or key not in known:
+                raise ValueError(
+                    f"bad fault {item.strip()!r}: expected key=value with key one of "
+                    + ", ".join(known)
+                )
+            values[key] = _parse_value(key, raw)
+        parsed = cls(**values)  # type: ignore[arg-type]  # keys and types checked above
+        parsed.validate()
+        return parsed
+
+    def validate(self) -> None:
+        for name in ("duplicate_rate", "malformed_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {rate}")
+        for name in ("disconnect_every", "ws_drop_every"):
+            every = getattr(self, name)
+            if every is not None and every < 1:
+                raise ValueError(f"{name} must be at least 1, got {every}")
+        if self.reorder_window < 0 or self.latency_ms < 0:
+            raise ValueError("reorder_window and latency_ms must not be negative")
+        if self.token_ttl_s is not None and self.token_ttl_s <= 0:
+            raise ValueError("token_ttl_s must be positive")
+
+    def describe(self) -> str:
+        default = FaultSpec()
+        active = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if f.name != "seed" and getattr(self, f.name) != getattr(default, f.name)
+        ]
+        return ",".join([*active, f"seed={self.seed}"]) if active else "none"
+
+
+_INT_KEYS = {"disconnect_every", "reorder_window", "ws_drop_every", "seed"}
+
+
+def _parse_value(key: str, raw: str) -> int | float | None:
+    if key in {"disconnect_every", "ws_drop_every", "token_ttl_s"} and raw in {"", "none", "0"}:
+        return None
+    try:
+        return int(raw) if key in _INT_KEYS else float(raw)
+    except ValueError as exc:
+        raise ValueError(f"bad value for fault {key}: {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRecord:
+    channel: str  # e.g. "grpc.executions", "ws.orders"
+    kind: str  # disconnect | drop | duplicate | malformed | token_expired
+    detail: Mapping[str, str | int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"channel": self.channel, "kind": self.kind, **self.detail})
+
+
+class FaultLog:
+    """Append-only record of injected faults: in memory, and as JSON lines when given a path."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._records: list[FaultRecord] = []
+        self._file: IO[bytes] | None = path.open("ab") if path is not None else None
+
+    def record(self, channel: str, kind: str, **detail: str | int) -> None:
+        entry = FaultRecord(channel, kind, detail)
+        with self._lock:
+            self._records.append(entry)
+            if self._file is not None:
+                self._file.write(entry.to_json() + b"\n")
+                self._file.flush()
+
+    def records(self, kind: str | None = None, channel: str | None = None) -> list[FaultRecord]:
+        with self._lock:
+            return [
+                r
+                for r in self._records
+                if (kind is None or r.kind == kind) and (channel is None or r.channel == channel)
+            ]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_fault_log(path: Path) -> Iterator[FaultRecord]:
+    """Records of a JSON-lines fault log written by another process (e.g. `recon venue`)."""
+    with path.open("rb") as fh:
+        for line in fh:
+            obj = json.loads(line)
+            channel, kind = obj.pop("channel"), obj.pop("kind")
+            yield FaultRecord(channel, kind, obj)
+
+
+Interruption = Literal["disconnect", "drop"]
+
+
+class FaultPlan:
+    """The faults of one stream or connection, drawn from its own seeded generator."""
+
+    def __init__(self, spec: FaultSpec, channel: str, ordinal: int, log: FaultLog) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.ordinal = ordinal
+        self.log = log
+        self.rng = random.Random(f"{spec.seed}:{channel}:{ordinal}")
+        self.delivered = 0
+        self.malformed_count = 0
+        self.latency_s = spec.latency_ms / 1000.0
+
+    def duplicate(self) -> bool:
+        return self.spec.duplicate_rate > 0 and self.rng.random() < self.spec.duplicate_rate
+
+    def malformed(self) -> bool:
+        return self.spec.malformed_rate > 0 and self.rng.random() < self.spec.malformed_rate
+
+    def reorder(self, items: Sequence[T]) -> list[T]:
+        """Shuffle within consecutive windows of `reorder_window` items."""
+        out = list(items)
+        window = self.spec.reorder_window
+        if window < 2:
+            return out
+        for start in range(0, len(out), window):
+            chunk = out[start : start + window]
+            self.rng.shuffle(chunk)
+            out[start : start + window] = chunk
+        return out
+
+    def count(self, events: int) -> Interruption | None:
+        """Account `events` more delivered; say whether this connection must now be cut."""
+        before, self.delivered = self.delivered, self.delivered + events
+        for kind, every in (
+            ("disconnect", self.spec.disconnect_every),
+            ("drop", self.spec.ws_drop_every if self.channel.startswith("ws.") else None),
+        ):
+            if every is not None and before < every <= self.delivered:
+                self.log.record(self.channel, kind, connection=self.ordinal, after=self.delivered)
+                return kind  # type: ignore[return-value]  # kind is one of the literal pair
+        return None
+
+    def malformed_execution(self, payload: bytes) -> bytes:
+        """A copy of an execution, under a fresh id, that no valid feed could carry."""
+        execution = trading_pb2.Execution.FromString(payload)
+        self.malformed_count += 1
+        execution.id = f"{execution.id}~malformed-{self.ordinal}-{self.malformed_count}"
+        if self.rng.random() < 0.5:
+            defect = "unknown_execution_type"
+            execution.type = UNKNOWN_EXECUTION_TYPE  # type: ignore[assignment]  # the point
+        else:
+            defect = "negative_quantity"
+            execution.last_shares = -max(1, abs(execution.last_shares))
+        self.log.record(
+            self.channel, "malformed", execution_id=execution.id, defect=defect, connection=self.ordinal
+        )
+        return execution.SerializeToString()
+
+    def malformed_frame(self, message_type: str, subscription_id: str) -> bytes:
+        """A websocket frame that a consumer must reject: bad JSON, wrong types, unknown event."""
+        self.malformed_count += 1
+        sid = subscription_id.encode()
+        head = b'{"type":"' + message_type.encode() + b'","subscription_id":"' + sid + b'"'
+        defect = self.rng.choice(("invalid_json", "wrong_types", "unknown_event_type"))
+        if defect == "invalid_json":
+            frame = head + b',"data":{"event_type":"order_filled","shares":'
+        elif defect == "wrong_types":
+            frame = (
+                head + b',"data":{"event_type":"order_filled","status":"confirmed",'
+                b'"tx_hash":12345,"shares":"many","price":[0.5],"timestamp":"soon",'
+                b'"order_hash":null,"user":false}}'
+            )
+        else:
+            frame = head + b',"data":{"event_type":"order_teleported","status":"confirmed"}}'
+        self.log.record(
+            self.channel,
+            "malformed",
+            defect=defect,
+            subscription_id=subscription_id,
+            connection=self.ordinal,
+            number=self.malformed_count,
+        )
+        return frame
+
+
+class FaultInjector:
+    """Hands each new stream/connection its plan; ordinals count per channel from 0."""
+
+    def __init__(self, spec: FaultSpec, log: FaultLog) -> None:
+        self.spec = spec
+        self.log = log
+        self._lock = threading.Lock()
+        self._ordinals: dict[str, int] = {}
+
+    def plan(self, channel: str) -> FaultPlan:
+        with self._lock:
+            ordinal = self._ordinals.get(channel, 0)
+            self._ordinals[channel] = ordinal + 1
+        return FaultPlan(self.spec, channel, ordinal, self.log)
