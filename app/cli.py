@@ -99,8 +99,15 @@ def reconcile(date: str = typer.Option(..., "--date", help="Business date, YYYY-
 
 @root.command()
 def scheduler() -> None:
-    """Run the scheduled jobs (APScheduler): intraday and end-of-day reconciliation."""
-    _not_built("scheduler", 5)
+    """Run the scheduled jobs (APScheduler): intraday and end-of-day reconciliation.
+
+    Jobs are stored in Postgres; any number of replicas may run: each tick runs once
+    (RECON_INTRADAY_MINUTES, RECON_EOD_TIME, RECON_TIMEZONE, RECON_MISFIRE_GRACE_SECONDS).
+    """
+    from app.db.session import get_engine
+    from app.jobs.scheduler import run_forever
+
+    run_forever(get_engine(), get_settings())
 
 
 @root.command()

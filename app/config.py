@@ -40,10 +40,33 @@ class Settings(BaseSettings):
     feed_orders_url: SecretStr | None = None
     feed_trades_url: SecretStr | None = None
 
+    exchange_allow_insecure: bool = Field(
+        default=False, description="allow plaintext gRPC to a non-loopback host (never in prod)"
+    )
+    ingest_resume_overlap_seconds: float = Field(
+        default=60.0, ge=0, description="re-read this much before the last event on token expiry"
+    )
+    ingest_batch_max_rows: int = Field(default=5000, ge=1, description="rows per write, at most")
+    ingest_batch_max_ms: int = Field(default=50, ge=0, description="wait this long to fill a batch")
+    ingest_backoff_cap_seconds: float = Field(default=30.0, gt=0)
+    ingest_progress_seconds: float = Field(default=10.0, gt=0, description="progress log period")
+    metrics_host: str = "127.0.0.1"
+
     intraday_minutes: int = Field(default=15, ge=1, description="intraday reconcile interval")
     eod_time: str = Field(default="18:30", pattern=r"^\d{2}:\d{2}$", description="end-of-day HH:MM")
     timezone: str = Field(default="America/New_York", description="time zone of eod_time")
     misfire_grace_seconds: int = Field(default=600, ge=1)
+
+    alert_urls: SecretStr = Field(
+        default=SecretStr(""),
+        description="comma-separated notifier URLs: https://… webhook, smtp://host:port?from=…&to=…"
+        "[&starttls=1], log: — secret because webhook URLs carry their token",
+    )
+    alert_smtp_username: str | None = None
+    alert_smtp_password: SecretStr | None = None
+    alert_timeout_seconds: float = Field(default=10.0, gt=0, description="per send, per notifier")
+    alert_backoff_base_seconds: float = Field(default=30.0, gt=0)
+    alert_backoff_cap_seconds: float = Field(default=3600.0, gt=0)
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -47,9 +47,11 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:15", driver="psycopg") as container:
             yield container.get_connection_url()
         return
-    from app.db.embedded import embedded_database_url
+    from app.db.embedded import start_embedded, url_of
 
-    yield embedded_database_url(Path(tmp_path_factory.mktemp("embedded")))
+    # keep_running=False: pgserver stops this server when the test process exits.
+    server = start_embedded(Path(tmp_path_factory.mktemp("embedded")) / "pg", keep_running=False)
+    yield url_of(server)
 
 
 def _admin(server_url: str) -> Engine:

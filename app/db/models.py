@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     PrimaryKeyConstraint,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -41,6 +42,8 @@ from app.db.base import (
 )
 
 PARTITION_BY_DAY = {"postgresql_partition_by": "RANGE (business_date)"}
+# Declarative puts a subclass's columns before its mixin's; these keep keys first, extras last.
+FIRST, LAST = -1, 1
 
 
 def non_negative(*columns: str) -> list[CheckConstraint]:
@@ -94,6 +97,8 @@ def execution_table_args(*extra: Any) -> tuple[Any, ...]:
         Index(None, "business_date", "trade_id"),
         Index(None, "business_date", "order_id"),
         Index(None, "business_date", "account", "symbol"),
+        # Compliance order trails look an order up without knowing its business date.
+        Index(None, "order_id"),
         *extra,
         PARTITION_BY_DAY,
     )
@@ -101,17 +106,21 @@ def execution_table_args(*extra: Any) -> tuple[Any, ...]:
 
 class Execution(ExecutionColumns, Base):
     __tablename__ = "execution"
-    __table_args__ = execution_table_args(one_of("source", ExecutionSource))
+    __table_args__ = execution_table_args(
+        one_of("source", ExecutionSource),
+        # An account's trades over any period, newest first, without scanning whole days.
+        Index(None, "account", "transact_time"),
+    )
 
-    source: Mapped[ExecutionSource] = mapped_column(TextEnum(ExecutionSource))
-    received_at: Mapped[DefaultNow]
+    source: Mapped[ExecutionSource] = mapped_column(TextEnum(ExecutionSource), sort_order=LAST)
+    received_at: Mapped[DefaultNow] = mapped_column(sort_order=LAST)
 
 
 class ReportExecution(ExecutionColumns, Base):
     __tablename__ = "report_execution"
     __table_args__ = execution_table_args()
 
-    fetched_at: Mapped[DefaultNow]
+    fetched_at: Mapped[DefaultNow] = mapped_column(sort_order=LAST)
 
 
 class TradeColumns:
@@ -136,7 +145,7 @@ class TradeColumns:
     aggressor_commission: Mapped[int]
     passive_commission: Mapped[int]
     transact_time: Mapped[datetime]
-    busted: Mapped[bool] = mapped_column(server_default=text("false"))
+    busted: Mapped[bool] = mapped_column(server_default=false())
     raw: Mapped[bytes]
 
 
@@ -150,14 +159,14 @@ class TradeCapture(TradeColumns, Base):
     __tablename__ = "trade_capture"
     __table_args__ = trade_table_args()
 
-    received_at: Mapped[DefaultNow]
+    received_at: Mapped[DefaultNow] = mapped_column(sort_order=LAST)
 
 
 class ReportTrade(TradeColumns, Base):
     __tablename__ = "report_trade"
     __table_args__ = trade_table_args()
 
-    fetched_at: Mapped[DefaultNow]
+    fetched_at: Mapped[DefaultNow] = mapped_column(sort_order=LAST)
 
 
 class TradeCaptureState(Base):
@@ -235,9 +244,9 @@ class PositionChange(PositionColumns, Base):
         PARTITION_BY_DAY,
     )
 
-    business_date: Mapped[date]
-    change_time: Mapped[datetime]
-    received_at: Mapped[DefaultNow]
+    business_date: Mapped[date] = mapped_column(sort_order=FIRST)
+    change_time: Mapped[datetime] = mapped_column(sort_order=LAST)
+    received_at: Mapped[DefaultNow] = mapped_column(sort_order=LAST)
 
 
 class ReportPosition(PositionColumns, Base):
@@ -249,7 +258,7 @@ class ReportPosition(PositionColumns, Base):
         *non_negative("qty_bought", "qty_sold"),
     )
 
-    as_of: Mapped[datetime]
+    as_of: Mapped[datetime] = mapped_column(sort_order=FIRST)
 
 
 # --- chain (websocket feeds) ------------------------------------------------------------------
@@ -314,10 +323,14 @@ class OrderFilled(ChainFillColumns, Base):
         *non_negative("log_index"),
         Index(None, "business_date", "order_hash"),
         Index(None, "business_date", "user_address"),
+        # Compliance lookups by wallet (as maker or taker) and by market over any period.
+        Index(None, "user_address", "event_time"),
+        Index(None, "taker_address", "event_time"),
+        Index(None, "condition_id", "event_time"),
     )
 
     # Parsed from the feed's hex string ("0x21e").
-    log_index: Mapped[int]
+    log_index: Mapped[int] = mapped_column(sort_order=LAST)
 
 
 class OrderFilledPending(ChainFillColumns, Base):
@@ -328,7 +341,7 @@ class OrderFilledPending(ChainFillColumns, Base):
         PrimaryKeyConstraint("business_date", "tx_hash", "order_hash")
     )
 
-    superseded_at: Mapped[datetime | None]
+    superseded_at: Mapped[datetime | None] = mapped_column(sort_order=LAST)
 
 
 class FeeRefund(Base):
@@ -340,6 +353,7 @@ class FeeRefund(Base):
         *non_negative("refund", "fee_charged"),
         Index(None, "order_hash"),
         Index(None, "business_date"),
+        Index(None, "user_address"),
     )
 
     tx_hash: Mapped[str] = mapped_column(primary_key=True)
@@ -457,6 +471,19 @@ class ReconRun(Base):
     error: Mapped[str | None]
 
 
+class JobTick(Base):
+    """One row per scheduled job tick: the primary key is what makes replicas run a tick once."""
+
+    __tablename__ = "job_tick"
+
+    job: Mapped[str] = mapped_column(primary_key=True)
+    tick: Mapped[str] = mapped_column(primary_key=True)
+    business_date: Mapped[date]
+    owner: Mapped[str]
+    claimed_at: Mapped[DefaultNow]
+    finished_at: Mapped[datetime | None]
+
+
 class Break(Base):
     """A reconciliation break, one per (kind, business_date, key); it recurs rather than repeats."""
 
@@ -470,6 +497,8 @@ class Break(Base):
         ),
         CheckConstraint("occurrences >= 1", name="occurrences_positive"),
         Index(None, "status", "business_date"),
+        # Order trails find the breaks of an order's executions and trades by their keys.
+        Index(None, "key"),
     )
 
     id: Mapped[BigSerial]
@@ -519,6 +548,7 @@ class AlertOutbox(Base):
     __tablename__ = "alert_outbox"
     __table_args__ = (
         UniqueConstraint("break_id", "occurrence", "notifier"),
+        CheckConstraint("occurrence >= 1", name="occurrence_positive"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         Index(
             "ix_alert_outbox_undelivered",
@@ -559,3 +589,19 @@ class NetFeeDaily(Base):
     net_fee: Mapped[Decimal]
     fills: Mapped[int]
     computed_at: Mapped[DefaultNow]
+
+
+# --- what users read --------------------------------------------------------------------------
+
+
+class ReconReport(Base):
+    """Every nightly report built: its summary (for the next day's comparison) and its HTML."""
+
+    __tablename__ = "recon_report"
+    __table_args__ = (Index(None, "business_date", "built_at"),)
+
+    id: Mapped[BigSerial]
+    business_date: Mapped[date]
+    built_at: Mapped[DefaultNow]
+    summary: Mapped[JsonObject]
+    html: Mapped[str]

@@ -22,8 +22,6 @@ from typing import IO, Literal, TypeVar
 
 import orjson
 
-from polymarket.v1 import trading_pb2
-
 T = TypeVar("T")
 
 # Not a valid ExecutionType: a consumer must dead-letter it rather than guess.
@@ -150,16 +148,31 @@ def read_fault_log(path: Path) -> Iterator[FaultRecord]:
 Interruption = Literal["disconnect", "drop"]
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionDefect:
+    """A malformed copy of an execution: its id replaced and one varint field set to `value`."""
+
+    execution_id: str
+    defect: str  # unknown_execution_type | negative_quantity
+    field_number: int  # Execution.type (5) or Execution.last_shares (3)
+    value: int
+
+
 class FaultPlan:
     """The faults of one stream or connection, drawn from its own seeded generator."""
 
-    def __init__(self, spec: FaultSpec, channel: str, ordinal: int, log: FaultLog) -> None:
+    def __init__(
+        self, spec: FaultSpec, channel: str, ordinal: int, log: FaultLog, *, link_droppable: bool
+    ) -> None:
         self.spec = spec
         self.channel = channel
+        # Only a websocket owns its TCP link; a gRPC stream shares an HTTP/2 connection.
+        self.link_droppable = link_droppable
         self.ordinal = ordinal
         self.log = log
         self.rng = random.Random(f"{spec.seed}:{channel}:{ordinal}")
         self.delivered = 0
+        self.cut: Interruption | None = None
         self.malformed_count = 0
         self.latency_s = spec.latency_ms / 1000.0
 
@@ -184,33 +197,44 @@ class FaultPlan:
     def count(self, events: int) -> Interruption | None:
         """Account `events` more delivered; say whether this connection must now be cut."""
         before, self.delivered = self.delivered, self.delivered + events
-        for kind, every in (
-            ("disconnect", self.spec.disconnect_every),
-            ("drop", self.spec.ws_drop_every if self.channel.startswith("ws.") else None),
-        ):
+        due: list[tuple[Interruption, int | None]] = [("disconnect", self.spec.disconnect_every)]
+        if self.link_droppable:
+            due.append(("drop", self.spec.ws_drop_every))
+        for kind, every in due:
             if every is not None and before < every <= self.delivered:
                 self.log.record(self.channel, kind, connection=self.ordinal, after=self.delivered)
-                return kind  # type: ignore[return-value]  # kind is one of the literal pair
+                self.cut = kind
+                return kind
         return None
 
-    def malformed_execution(self, payload: bytes) -> bytes:
-        """A copy of an execution, under a fresh id, that no valid feed could carry."""
-        execution = trading_pb2.Execution.FromString(payload)
+    def execution_defect(self) -> ExecutionDefect:
+        """What to break in the next malformed execution, under a fresh id; logged."""
         self.malformed_count += 1
-        execution.id = f"{execution.id}~malformed-{self.ordinal}-{self.malformed_count}"
+        execution_id = f"MALFORMED-{self.channel}-{self.ordinal}-{self.malformed_count}"
         if self.rng.random() < 0.5:
-            defect = "unknown_execution_type"
-            execution.type = UNKNOWN_EXECUTION_TYPE  # type: ignore[assignment]  # the point
+            defect = ExecutionDefect(
+                execution_id, "unknown_execution_type", 5, UNKNOWN_EXECUTION_TYPE
+            )
         else:
-            defect = "negative_quantity"
-            execution.last_shares = -max(1, abs(execution.last_shares))
+            defect = ExecutionDefect(
+                execution_id, "negative_quantity", 3, -self.rng.randint(1, 10**6)
+            )
         self.log.record(
-            self.channel, "malformed", execution_id=execution.id, defect=defect, connection=self.ordinal
+            self.channel,
+            "malformed",
+            execution_id=execution_id,
+            defect=defect.defect,
+            connection=self.ordinal,
         )
-        return execution.SerializeToString()
+        return defect
 
     def malformed_frame(self, message_type: str, subscription_id: str) -> bytes:
-        """A websocket frame that a consumer must reject: bad JSON, wrong types, unknown event."""
+        """A websocket frame that a consumer must reject: bad JSON, wrong types, unknown event.
+
+        `message_type` is the feed's event message type ("event" on the orders channel, "trade" on
+        the legacy provider); the unknown-event variant is an unknown `event_type` on the orders
+        channel and an unknown message `type` on the legacy feed, which has no event types.
+        """
         self.malformed_count += 1
         sid = subscription_id.encode()
         head = b'{"type":"' + message_type.encode() + b'","subscription_id":"' + sid + b'"'
@@ -223,8 +247,10 @@ class FaultPlan:
                 b'"tx_hash":12345,"shares":"many","price":[0.5],"timestamp":"soon",'
                 b'"order_hash":null,"user":false}}'
             )
-        else:
+        elif message_type == "event":
             frame = head + b',"data":{"event_type":"order_teleported","status":"confirmed"}}'
+        else:
+            frame = b'{"type":"trade_correction","subscription_id":"' + sid + b'","data":{}}'
         self.log.record(
             self.channel,
             "malformed",
@@ -245,8 +271,8 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._ordinals: dict[str, int] = {}
 
-    def plan(self, channel: str) -> FaultPlan:
+    def plan(self, channel: str, *, link_droppable: bool = False) -> FaultPlan:
         with self._lock:
             ordinal = self._ordinals.get(channel, 0)
             self._ordinals[channel] = ordinal + 1
-        return FaultPlan(self.spec, channel, ordinal, self.log)
+        return FaultPlan(self.spec, channel, ordinal, self.log, link_droppable=link_droppable)

@@ -94,9 +94,7 @@ class TokenSigner:
         payload = self.unseal(token)
         if len(payload) < _RESUME_HEAD.size:
             raise MalformedTokenError("malformed resume token: too short")
-        version, name_len, after_seq, issued_at_ms, token_digest = _RESUME_HEAD.unpack_from(
-            payload
-        )
+        version, name_len, after_seq, issued_at_ms, token_digest = _RESUME_HEAD.unpack_from(payload)
         name = payload[_RESUME_HEAD.size :]
         if version != _RESUME_VERSION or len(name) != name_len:
             raise MalformedTokenError("malformed resume token: unknown layout")

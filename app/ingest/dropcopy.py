@@ -1,0 +1,327 @@
+"""The four DropCopy stream consumers (executions, trade captures, instrument states, positions).
+
+Per stream: open the server stream from the stored resume token (or by time after the token was
+refused), turn each response's messages into events (a message the parser rejects becomes a dead
+letter with its serialized bytes), and hand them with the response's resume token to the
+stream's sink, which commits token and rows together. A worker opens one channel and four
+streams on it; the venue allows 20 concurrent streams per firm, so at most five workers (shards)
+per firm can run at once — the venue answers RESOURCE_EXHAUSTED beyond, which we treat as
+transient and back off from, so a sixth worker waits for a slot instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from app.domain.events import DeadLetter, Event
+from app.ingest import parse
+from app.ingest.auth import TokenSource, is_loopback_host
+from app.ingest.backoff import BackoffPolicy, BackoffState, connected, delivered, failed
+from app.ingest.pipeline import SourceSink
+from app.ingest.writer import Checkpoint
+from app.observability import IngestMetrics
+from polymarket.v1 import dropcopy_pb2, dropcopy_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TOKEN_EXPIRED = "resume token expired"  # noqa: S105 - the venue's status text, not a secret
+# Generous: a response carries one batch (500 events by default) of small messages.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A default gRPC server tolerates pings every 5 minutes on a stream without data (idle
+    # streams are normal here); more often earns a GOAWAY "too_many_pings".
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+class IngestFatal(RuntimeError):
+    """A problem retrying cannot fix (credentials, permissions, configuration)."""
+
+
+class InsecureChannelRefused(IngestFatal):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str  # the venue's stream name, e.g. "executions"
+    method: str  # DropCopyAPI RPC
+    request_type: Callable[..., Message]
+    items: str  # the response's repeated field
+    parse: Callable[[Any], Event]
+    event_time: Callable[[Any], datetime]
+    account_scoped: bool  # sends x-participant-id and the firms filter
+
+    @property
+    def source(self) -> str:
+        return f"dropcopy.{self.name}"
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(
+        "executions",
+        "CreateDropCopySubscription",
+        dropcopy_pb2.CreateDropCopySubscriptionRequest,
+        "executions",
+        parse.execution,
+        lambda e: e.transact_time,
+        account_scoped=True,
+    ),
+    StreamSpec(
+        "trade_captures",
+        "CreateTradeCaptureReportSubscription",
+        dropcopy_pb2.CreateTradeCaptureReportSubscriptionRequest,
+        "trade_capture_reports",
+        parse.trade_capture,
+        lambda e: e.update_time,
+        account_scoped=True,
+    ),
+    StreamSpec(
+        "instrument_states",
+        "CreateInstrumentStateChangeSubscription",
+        dropcopy_pb2.CreateInstrumentStateChangeSubscriptionRequest,
+        "instruments",
+        parse.instrument,
+        lambda e: e.update_time,
+        account_scoped=False,
+    ),
+    StreamSpec(
+        "position_changes",
+        "CreatePositionChangeSubscription",
+        dropcopy_pb2.CreatePositionChangeSubscriptionRequest,
+        "position_changes",
+        parse.position_change,
+        lambda e: e.change_time,
+        account_scoped=True,
+    ),
+)
+
+
+def shard_label(symbols: Sequence[str], firms: Sequence[str]) -> str:
+    """A stable name for a symbols/firms filter; part of every checkpoint key of the shard."""
+    parts = []
+    if symbols:
+        parts.append("symbols=" + ",".join(sorted(set(symbols))))
+    if firms:
+        parts.append("firms=" + ",".join(sorted(set(firms))))
+    label = ";".join(parts) or "all"
+    if len(label) > 80:
+        label = "sha1=" + hashlib.sha1(label.encode(), usedforsecurity=False).hexdigest()
+    return label
+
+
+def checkpoint_key(source: str, shard: str) -> str:
+    return f"{source}[{shard}]"
+
+
+def open_channel(target: str, *, tls: bool, allow_insecure: bool) -> grpc.aio.Channel:
+    """TLS by default; plaintext only to loopback, or anywhere when explicitly allowed."""
+    if tls:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), _CHANNEL_OPTIONS)
+    host = target.rsplit("/", 1)[-1].rpartition(":")[0] or target
+    if not (is_loopback_host(host) or allow_insecure):
+        raise InsecureChannelRefused(
+            f"refusing plaintext gRPC to {host}: set RECON_EXCHANGE_TLS=true, or "
+            "RECON_EXCHANGE_ALLOW_INSECURE=true if you really mean it"
+        )
+    return grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    symbols: tuple[str, ...] = ()
+    firms: tuple[str, ...] = ()
+    participant_id: str | None = None
+    resume_overlap: timedelta = timedelta(seconds=60)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+    @property
+    def shard(self) -> str:
+        return shard_label(self.symbols, self.firms)
+
+
+class DropCopyConsumer:
+    """Reads one DropCopy stream forever (until cancelled), resuming after every interruption."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        *,
+        channel: grpc.aio.Channel,
+        tokens: TokenSource,
+        sink: SourceSink,
+        settings: StreamSettings,
+        metrics: IngestMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.key = checkpoint_key(spec.source, settings.shard)
+        self._call_method = getattr(dropcopy_pb2_grpc.DropCopyAPIStub(channel), spec.method)
+        self._tokens = tokens
+        self._sink = sink
+        self._settings = settings
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._status = sink.status
+        self._resume_token: bytes | None = None
+        self._resume_time: datetime | None = None
+        self._last_event_time: datetime | None = None
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        # Read per stream open: the venue authorises a stream when it opens, so a refreshed
+        # token is picked up by the next stream while live ones keep running.
+        metadata = [("authorization", f"Bearer {self._tokens.current()}")]
+        if self.spec.account_scoped and self._settings.participant_id:
+            metadata.append(("x-participant-id", self._settings.participant_id))
+        return metadata
+
+    def _request(self) -> Message:
+        fields: dict[str, Any] = {"symbols": list(self._settings.symbols)}
+        if self.spec.account_scoped:
+            fields["firms"] = list(self._settings.firms)
+        request = self.spec.request_type(**fields)
+        if self._resume_token:
+            request.resume_token = self._resume_token  # type: ignore[attr-defined]
+        elif self._resume_time is not None:
+            request.resume_time.FromDatetime(self._resume_time)  # type: ignore[attr-defined]
+        return request
+
+    async def run(self) -> None:
+        stored = await self._sink.call(lambda w: w.load_checkpoint(self.key))
+        if stored is not None:
+            self._resume_token = stored.resume_token
+            self._last_event_time = stored.last_event_time
+            log.info(
+                "resuming %s from its checkpoint",
+                self.key,
+                extra={"last_event_time": str(stored.last_event_time)},
+            )
+        backoff = BackoffState()
+        unauthenticated = 0
+        while True:
+            sent_token = self._resume_token
+            bearer = self._tokens.current()
+            call = self._call_method(self._request(), metadata=self._metadata())
+            backoff = connected(backoff, time.monotonic())
+            self._status.connected = True
+            self._metrics.connected.labels(self.spec.source).set(1)
+            try:
+                async for response in call:
+                    backoff = delivered(backoff)
+                    unauthenticated = 0
+                    await self._on_response(response)
+                reason = "stream ended"
+                log.info("%s: the venue ended the stream; reconnecting", self.key)
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                reason = code.name.lower()
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    unauthenticated += 1
+                    if unauthenticated > 1:
+                        raise IngestFatal(
+                            f"{self.key}: the venue refuses our credentials ({details})"
+                        ) from None
+                    log.warning("%s: token refused, refreshing it and retrying", self.key)
+                    await self._tokens.refresh(rejected=bearer)
+                    self._count_reconnect(reason)
+                    continue
+                if sent_token and code in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    await self._resume_by_time(code, details)
+                    self._count_reconnect(reason)
+                    continue
+                if code in _FATAL_CODES or code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
+                    raise IngestFatal(f"{self.key}: {code.name} {details}") from None
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    log.warning(
+                        "%s: the venue refused another stream (%s); the limit is 20 per firm "
+                        "and each worker opens 4 — backing off",
+                        self.key,
+                        details,
+                    )
+                else:
+                    log.info("%s: stream interrupted (%s %s)", self.key, code.name, details)
+            finally:
+                call.cancel()
+                self._status.connected = False
+                self._metrics.connected.labels(self.spec.source).set(0)
+            self._count_reconnect(reason)
+            delay, backoff = failed(
+                self._settings.backoff, backoff, time.monotonic(), self._rng.random()
+            )
+            await asyncio.sleep(delay)
+
+    def _count_reconnect(self, reason: str) -> None:
+        self._status.reconnects += 1
+        self._metrics.reconnects.labels(self.spec.source, reason).inc()
+
+    async def _on_response(self, response: Any) -> None:
+        self._status.touch()
+        spec = self.spec
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        latest = self._last_event_time
+        for item in getattr(response, spec.items):
+            try:
+                event = spec.parse(item)
+            except parse.Rejected as exc:
+                dead.append(DeadLetter(spec.source, exc.reason, item.SerializeToString()))
+                continue
+            events.append(event)
+            when = spec.event_time(event)
+            if latest is None or when > latest:
+                latest = when
+        if response.resume_token:
+            self._resume_token = bytes(response.resume_token)
+            self._resume_time = None
+        self._last_event_time = latest
+        await self._sink.put(events, dead, Checkpoint(self.key, self._resume_token, latest))
+
+    async def _resume_by_time(self, code: grpc.StatusCode, details: str) -> None:
+        """The stored token is refused: go back `overlap` before the last event, record a gap."""
+        reason = (
+            TOKEN_EXPIRED if TOKEN_EXPIRED in details else f"resume token refused ({code.name})"
+        )
+        self._resume_token = None
+        last = self._last_event_time
+        if last is None:
+            log.warning("%s: %s, no event time known: replaying from the start", self.key, reason)
+            self._resume_time = None
+            return
+        start = last - self._settings.resume_overlap
+        end = max(datetime.now(UTC), start)
+        self._resume_time = start
+        log.warning(
+            "%s: %s; resuming by time from %s and recording the gap for backfill",
+            self.key,
+            reason,
+            start.isoformat(),
+        )
+        source = self.spec.source
+        await self._sink.call(lambda w: w.record_gap(source, start, end, reason))
+        self._status.gaps += 1
+        self._metrics.gaps.labels(source).inc()

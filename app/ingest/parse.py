@@ -1,0 +1,618 @@
+"""The ingest boundary: venue protobuf messages and feed JSON frames become domain events.
+
+Pure functions, no I/O. Anything that is not a valid event raises `Rejected` with a specific
+reason; the consumer turns that into a dead letter with the raw bytes. A parser accepts only what
+the database will also accept (sign and range checks, no NUL in text, sizes that fit the
+columns), so one bad message can never make a whole batch fail to commit.
+
+Feed JSON is decoded by msgspec into private wire structs: type, presence and hex-format checks
+run in C and report the JSON path of what is wrong, and JSON numbers arrive as `int` or exact
+`Decimal` (never float). The stdlib `json` with `parse_float=Decimal` is exact too, but about
+four times slower per frame before any validation, which the 30,000 events/s budget can't spare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from app.domain.events import (
+    ExecutionEvent,
+    ExecutionSource,
+    FeedTradeEvent,
+    FeeRefundEvent,
+    InstrumentEvent,
+    OrderFilledEvent,
+    PositionChangeEvent,
+    TradeCaptureEvent,
+)
+from polymarket.v1 import enums_pb2, trading_pb2
+
+MAX_FRAME_BYTES = 1 << 20
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
+MAX_BIGINT = (1 << 63) - 1
+SHARE_DECIMALS = 6
+# Chain amounts are dollars and shares: 18 decimal places is wei precision, 10^15 is far beyond
+# any real amount. Outside that it is garbage, and NUMERIC would choke on some of it anyway.
+MAX_DECIMAL_PLACES = 18
+MAX_DECIMAL_ADJUSTED_EXPONENT = 15
+CHAIN_VERSIONS = (1, 2)  # V1 fees are gross with refunds, V2 net; another version's are unknown
+
+
+class Rejected(Exception):
+    """Input that is not a valid event; `reason` says what is wrong with it, specifically."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def frame_bytes(raw: bytes | str) -> bytes:
+    """The bytes of a frame for a dead letter, even when it is not valid UTF-8 text."""
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+
+
+# --- exchange: protobuf messages ---------------------------------------------------------------
+
+
+def _names(enum: EnumDescriptor) -> dict[int, str]:
+    return {value.number: value.name for value in enum.values}
+
+
+SIDES = _names(enums_pb2.Side.DESCRIPTOR)
+ORDER_TYPES = _names(enums_pb2.OrderType.DESCRIPTOR)
+TIMES_IN_FORCE = _names(enums_pb2.TimeInForce.DESCRIPTOR)
+ORDER_STATES = _names(enums_pb2.OrderState.DESCRIPTOR)
+EXECUTION_TYPES = _names(enums_pb2.ExecutionType.DESCRIPTOR)
+TRADE_STATES = _names(enums_pb2.TradeState.DESCRIPTOR)
+TRADE_TYPES = _names(enums_pb2.TradeType.DESCRIPTOR)
+INSTRUMENT_STATES = _names(enums_pb2.InstrumentState.DESCRIPTOR)
+
+
+def _enum(names: dict[int, str], number: int, path: str) -> str:
+    # Proto3 enums are open: an unknown number parses fine and must be caught here.
+    name = names.get(number)
+    if name is None:
+        raise Rejected(f"{path} unknown enum number {number}")
+    return name
+
+
+def _text(value: str, path: str) -> str:
+    if "\x00" in value:
+        raise Rejected(f"{path} contains a NUL character")
+    return value
+
+
+def _required_text(value: str, path: str) -> str:
+    if not value:
+        raise Rejected(f"{path} missing")
+    return _text(value, path)
+
+
+def _optional_text(value: str, path: str) -> str | None:
+    # Proto3 can't tell an empty string from an absent one; the tables store absent as NULL.
+    return _text(value, path) if value else None
+
+
+def _non_negative(value: int, path: str) -> int:
+    if value < 0:
+        raise Rejected(f"{path} negative: {value}")
+    return value
+
+
+def _positive(value: int, path: str) -> int:
+    if value <= 0:
+        raise Rejected(f"{path} not positive: {value}")
+    return value
+
+
+def _timestamp(ts: Timestamp, path: str) -> datetime:
+    if not 0 <= ts.seconds <= MAX_EPOCH_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise Rejected(f"{path} out of range: seconds={ts.seconds} nanos={ts.nanos}")
+    # Postgres keeps microseconds; the nanoseconds below that are dropped, not rounded.
+    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def _trade_date(td: trading_pb2.TradeDate, path: str) -> date:
+    try:
+        return date(td.year, td.month, td.day)
+    except ValueError:
+        raise Rejected(f"{path} not a date: {td.year}-{td.month}-{td.day}") from None
+
+
+def _execution(
+    ex: trading_pb2.Execution, prefix: str, raw: bytes, source: ExecutionSource
+) -> ExecutionEvent:
+    execution_id = _required_text(ex.id, f"{prefix}id")
+    if not ex.HasField("order"):
+        raise Rejected(f"{prefix}order missing")
+    order = ex.order
+    if not ex.HasField("transact_time"):
+        raise Rejected(f"{prefix}transact_time missing")
+    if not ex.HasField("transact_trade_date"):
+        raise Rejected(f"{prefix}transact_trade_date missing")
+    side = _enum(SIDES, order.side, f"{prefix}order.side")
+    if order.side == enums_pb2.SIDE_UNSPECIFIED:
+        raise Rejected(f"{prefix}order.side unspecified")
+    return ExecutionEvent(
+        business_date=_trade_date(ex.transact_trade_date, f"{prefix}transact_trade_date"),
+        id=execution_id,
+        order_id=_required_text(order.id, f"{prefix}order.id"),
+        clord_id=_optional_text(order.clord_id, f"{prefix}order.clord_id"),
+        symbol=_required_text(order.symbol, f"{prefix}order.symbol"),
+        side=side,
+        order_type=_enum(ORDER_TYPES, order.type, f"{prefix}order.type"),
+        time_in_force=_enum(TIMES_IN_FORCE, order.time_in_force, f"{prefix}order.time_in_force"),
+        order_qty=_non_negative(order.order_qty, f"{prefix}order.order_qty"),
+        order_price=_non_negative(order.price, f"{prefix}order.price"),
+        cum_qty=_non_negative(order.cum_qty, f"{prefix}order.cum_qty"),
+        leaves_qty=_non_negative(order.leaves_qty, f"{prefix}order.leaves_qty"),
+        avg_px=_non_negative(order.avg_px, f"{prefix}order.avg_px"),
+        order_state=_enum(ORDER_STATES, order.state, f"{prefix}order.state"),
+        account=_text(order.account, f"{prefix}order.account"),
+        participant=_optional_text(order.participant, f"{prefix}order.participant"),
+        exec_type=_enum(EXECUTION_TYPES, ex.type, f"{prefix}type"),
+        last_shares=_non_negative(ex.last_shares, f"{prefix}last_shares"),
+        last_px=_non_negative(ex.last_px, f"{prefix}last_px"),
+        text=_optional_text(ex.text, f"{prefix}text"),
+        transact_time=_timestamp(ex.transact_time, f"{prefix}transact_time"),
+        trade_id=_optional_text(ex.trade_id, f"{prefix}trade_id"),
+        aggressor=ex.aggressor,
+        commission_notional_collected=ex.commission_notional_collected,
+        raw=raw,
+        source=source,
+    )
+
+
+def execution(ex: trading_pb2.Execution, *, source: ExecutionSource = "dropcopy") -> ExecutionEvent:
+    """A DropCopy (or Report API) execution; business date = its transact_trade_date."""
+    return _execution(ex, "", ex.SerializeToString(), source)
+
+
+def trade_capture(t: trading_pb2.Trade) -> TradeCaptureEvent:
+    """A trade capture report; business date = the aggressor's transact_trade_date."""
+    trade_id = _required_text(t.id, "id")
+    for leg in ("aggressor", "passive"):
+        if not t.HasField(leg):
+            raise Rejected(f"{leg} missing")
+    aggressor = _execution(t.aggressor, "aggressor.", b"", "dropcopy")
+    passive = _execution(t.passive, "passive.", b"", "dropcopy")
+    state = _enum(TRADE_STATES, t.state, "state")
+    if t.state == enums_pb2.TRADE_STATE_UNDEFINED:
+        raise Rejected("state undefined")
+    update_time = (
+        _timestamp(t.update_time, "update_time")
+        if t.HasField("update_time")
+        else aggressor.transact_time
+    )
+    return TradeCaptureEvent(
+        business_date=aggressor.business_date,
+        id=trade_id,
+        trade_type=_enum(TRADE_TYPES, t.trade_type, "trade_type"),
+        state=state,
+        text=_optional_text(t.text, "text"),
+        trade_link_id=_optional_text(t.trade_link_id, "trade_link_id"),
+        update_time=update_time,
+        symbol=aggressor.symbol,
+        aggressor_execution_id=aggressor.id,
+        passive_execution_id=passive.id,
+        aggressor_account=aggressor.account,
+        passive_account=passive.account,
+        aggressor_side=aggressor.side,
+        last_shares=aggressor.last_shares,
+        last_px=aggressor.last_px,
+        aggressor_commission=aggressor.commission_notional_collected,
+        passive_commission=passive.commission_notional_collected,
+        transact_time=aggressor.transact_time,
+        raw=t.SerializeToString(),
+    )
+
+
+def instrument(i: trading_pb2.Instrument) -> InstrumentEvent:
+    """An instrument state change; business date = UTC date of update_time."""
+    if not i.HasField("update_time"):
+        raise Rejected("update_time missing")
+    update_time = _timestamp(i.update_time, "update_time")
+    return InstrumentEvent(
+        business_date=update_time.date(),
+        symbol=_required_text(i.symbol, "symbol"),
+        state=_enum(INSTRUMENT_STATES, i.state, "state"),
+        name=_text(i.name, "name"),
+        price_scale=_positive(i.price_scale, "price_scale"),
+        fractional_qty_scale=_positive(i.fractional_qty_scale, "fractional_qty_scale"),
+        update_time=update_time,
+        raw=i.SerializeToString(),
+    )
+
+
+def position_change(pc: trading_pb2.PositionChange) -> PositionChangeEvent:
+    """A position change; business date = UTC date of change_time."""
+    if not pc.HasField("position"):
+        raise Rejected("position missing")
+    if not pc.HasField("change_time"):
+        raise Rejected("change_time missing")
+    position = pc.position
+    change_time = _timestamp(pc.change_time, "change_time")
+    return PositionChangeEvent(
+        business_date=change_time.date(),
+        account=_required_text(position.account, "position.account"),
+        symbol=_required_text(position.symbol, "position.symbol"),
+        net_position=position.net_position,
+        qty_bought=_non_negative(position.qty_bought, "position.qty_bought"),
+        qty_sold=_non_negative(position.qty_sold, "position.qty_sold"),
+        cost=position.cost,
+        realized=position.realized,
+        bod_position=position.bod_position,
+        update_time=(
+            _timestamp(position.update_time, "position.update_time")
+            if position.HasField("update_time")
+            else None
+        ),
+        change_time=change_time,
+        raw=pc.SerializeToString(),
+    )
+
+
+# --- chain: websocket JSON frames ---------------------------------------------------------------
+
+EpochSeconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)]
+RawShares = Annotated[int, msgspec.Meta(gt=0, le=MAX_BIGINT)]
+OutcomeIndex = Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]
+# Amounts are typed Any so the decoder's float_hook makes them exact Decimals (a typed Decimal
+# field would also accept a JSON string); _amount() then insists on a JSON number.
+Amount = Any
+# Hex and digit strings are checked by _hex() and _token_id(), not by a msgspec `pattern`: its
+# regexes cost twice as much as all the rest of the decoding.
+HASH_DIGITS = 64  # tx hashes, order hashes, condition ids and other bytes32 values
+ADDRESS_DIGITS = 40
+LOG_INDEX_DIGITS = 15  # at most 2^60 - 1, so it fits a bigint
+TOKEN_ID_DIGITS = 78  # a uint256 in decimal
+HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
+class _Connected(msgspec.Struct, tag_field="type", tag="connected"):
+    pass
+
+
+class _Ack(msgspec.Struct, tag_field="type", tag="ack"):
+    subscription_id: str | None = None
+
+
+class _Error(msgspec.Struct, tag_field="type", tag="error"):
+    message: str = ""
+
+
+class _OrderFilled(msgspec.Struct, tag_field="event_type", tag="order_filled"):
+    tx_hash: str
+    order_hash: str
+    timestamp: EpochSeconds
+    token_id: str
+    condition_id: str
+    side: Literal["BUY", "SELL"]
+    role: Literal["maker", "taker"]
+    shares: RawShares
+    price: Amount
+    fee: Amount
+    user: str
+    taker: str
+    version: int
+    # The docs' default subscription delivers confirmed events only.
+    status: Literal["confirmed", "pending"] = "confirmed"
+    log_index: str | None = None
+    shares_normalized: Amount = None
+    token_label: str | None = None
+    complement_token_id: str | None = None
+    complement_token_label: str | None = None
+    market_slug: str | None = None
+    market_id: str | None = None
+    title: str | None = None
+    outcome: str | None = None
+    outcome_index: OutcomeIndex | None = None
+    is_neg_risk: bool | None = None
+    builder: str | None = None
+    metadata: str | None = None
+
+
+class _FeeRefund(msgspec.Struct, tag_field="event_type", tag="fee_refund"):
+    tx_hash: str
+    order_hash: str
+    user: str
+    refund: Amount
+    fee_charged: Amount
+    # Refunds are read from chain logs; a pending one would be a guess we must not store.
+    status: Literal["confirmed"] | None = None
+    timestamp: EpochSeconds | None = None
+    token_id: str | None = None
+    condition_id: str | None = None
+    market_slug: str | None = None
+    title: str | None = None
+
+
+class _OrdersEvent(msgspec.Struct, tag_field="type", tag="event"):
+    subscription_id: str
+    data: _OrderFilled | _FeeRefund
+
+
+class _LegacyTrade(msgspec.Struct):
+    tx_hash: str
+    order_hash: str
+    timestamp: EpochSeconds
+    asset_id: str
+    condition_id: str
+    shares: Amount
+    price: Amount
+    user: str
+    taker: str
+    platform: Literal["polymarket"] = "polymarket"
+    shares_normalized: Amount = None
+    market_slug: str | None = None
+    title: str | None = None
+    outcome: str | None = None
+    source: str | None = None
+
+
+class _TradeMessage(msgspec.Struct, tag_field="type", tag="trade"):
+    subscription_id: str
+    data: _LegacyTrade
+
+
+_ORDERS = msgspec.json.Decoder(_Connected | _Ack | _Error | _OrdersEvent, float_hook=Decimal)
+_TRADES = msgspec.json.Decoder(_Connected | _Ack | _Error | _TradeMessage, float_hook=Decimal)
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The server's hello; subscribe after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    subscription_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersEvent:
+    subscription_id: str
+    event: OrderFilledEvent | FeeRefundEvent
+
+
+@dataclass(frozen=True, slots=True)
+class TradeMessage:
+    subscription_id: str
+    event: FeedTradeEvent
+
+
+OrdersFrame = Connected | Ack | Error | OrdersEvent
+TradesFrame = Connected | Ack | Error | TradeMessage
+
+JSON_TYPES: dict[type, str] = {type(None): "null", bool: "bool", str: "string", list: "array"}
+
+
+def _amount(value: object, path: str, *, at_most: Decimal | None = None) -> Decimal:
+    """An exact, non-negative JSON number of a sane size."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise Rejected(f"{path}: expected a number, got {JSON_TYPES.get(type(value), 'object')}")
+    amount = Decimal(value)
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:
+        raise Rejected(f"{path} has more than {MAX_DECIMAL_PLACES} decimal places: {value}")
+    if amount.adjusted() > MAX_DECIMAL_ADJUSTED_EXPONENT:
+        raise Rejected(f"{path} out of range: {value}")
+    if amount < 0:
+        raise Rejected(f"{path} negative: {value}")
+    if at_most is not None and amount > at_most:
+        raise Rejected(f"{path} above {at_most}: {value}")
+    return amount
+
+
+def _price(value: object) -> Decimal:
+    return _amount(value, "data.price", at_most=Decimal(1))
+
+
+def _hex(value: str, digits: int, path: str) -> str:
+    """`0x` and exactly `digits` hex digits, lower-cased so providers that differ in case join."""
+    if len(value) != digits + 2 or value[:2] != "0x" or value[2:].strip(HEX_DIGITS):
+        raise Rejected(f"{path} is not 0x and {digits} hex digits: {value[:80]!r}")
+    return value.lower()
+
+
+def _optional_hex(value: str | None, digits: int, path: str) -> str | None:
+    return None if value is None else _hex(value, digits, path)
+
+
+def _token_id(value: str, path: str) -> str:
+    if not (0 < len(value) <= TOKEN_ID_DIGITS and value.isascii() and value.isdigit()):
+        raise Rejected(f"{path} is not a uint256 in decimal: {value[:80]!r}")
+    return value
+
+
+def _optional_token_id(value: str | None, path: str) -> str | None:
+    return None if value is None else _token_id(value, path)
+
+
+def _log_index(value: str | None) -> int:
+    if value is None:
+        raise Rejected("data.log_index missing on a confirmed event")
+    digits = value[2:]
+    if not 0 < len(digits) <= LOG_INDEX_DIGITS or value[:2] != "0x" or digits.strip(HEX_DIGITS):
+        raise Rejected(
+            f"data.log_index is not 0x and 1 to {LOG_INDEX_DIGITS} hex digits: {value[:80]!r}"
+        )
+    return int(digits, 16)
+
+
+def _epoch(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+def _no_nul(data: msgspec.Struct) -> None:
+    for name in data.__struct_fields__:
+        value = getattr(data, name)
+        if isinstance(value, str) and "\x00" in value:
+            raise Rejected(f"data.{name} contains a NUL character")
+
+
+def _decode(
+    decoder: msgspec.json.Decoder[Any], raw: bytes | str, max_bytes: int
+) -> tuple[Any, bytes]:
+    if len(raw) > max_bytes:
+        raise Rejected(f"frame of {len(raw)} characters exceeds {max_bytes} bytes")
+    if isinstance(raw, str):
+        try:
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise Rejected(f"invalid UTF-8: {exc.reason} at character {exc.start}") from None
+    else:
+        data = raw
+    if len(data) > max_bytes:
+        raise Rejected(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")
+    try:
+        frame = decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"invalid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except msgspec.ValidationError as exc:
+        raise Rejected(f"invalid frame: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise Rejected(f"unparseable JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected("unparseable JSON: nested too deeply") from None
+    # The only way a JSON string holds NUL, which Postgres text can't store; rare, so the
+    # per-field check runs only when the escape is there at all.
+    if b"\\u0000" in data and hasattr(frame, "data"):
+        _no_nul(frame.data)
+    return frame, data
+
+
+def _order_filled(d: _OrderFilled, raw: bytes) -> OrderFilledEvent:
+    if d.version not in CHAIN_VERSIONS:
+        raise Rejected(f"data.version unknown: {d.version}")
+    shares_normalized = Decimal(d.shares).scaleb(-SHARE_DECIMALS)
+    if d.shares_normalized is not None:
+        given = _amount(d.shares_normalized, "data.shares_normalized")
+        if given != shares_normalized:
+            raise Rejected(
+                f"data.shares_normalized {given} is not shares {d.shares} / 10^{SHARE_DECIMALS}"
+            )
+        shares_normalized = given
+    event_time = _epoch(d.timestamp)
+    return OrderFilledEvent(
+        business_date=event_time.date(),
+        status=d.status,
+        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
+        # A pending event has no place in a block yet, whatever the frame says.
+        log_index=_log_index(d.log_index) if d.status == "confirmed" else None,
+        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
+        token_id=_token_id(d.token_id, "data.token_id"),
+        token_label=d.token_label,
+        complement_token_id=_optional_token_id(d.complement_token_id, "data.complement_token_id"),
+        complement_token_label=d.complement_token_label,
+        side=d.side,
+        market_slug=d.market_slug,
+        condition_id=_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        market_id=d.market_id,
+        title=d.title,
+        outcome=d.outcome,
+        outcome_index=d.outcome_index,
+        is_neg_risk=d.is_neg_risk,
+        shares=d.shares,
+        shares_normalized=shares_normalized,
+        price=_price(d.price),
+        fee=_amount(d.fee, "data.fee"),
+        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
+        taker_address=_hex(d.taker, ADDRESS_DIGITS, "data.taker"),
+        role=d.role,
+        version=d.version,
+        builder=_optional_hex(d.builder, HASH_DIGITS, "data.builder"),
+        metadata=_optional_hex(d.metadata, HASH_DIGITS, "data.metadata"),
+        event_time=event_time,
+        raw=raw,
+    )
+
+
+def _fee_refund(d: _FeeRefund, raw: bytes) -> FeeRefundEvent:
+    return FeeRefundEvent(
+        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
+        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
+        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
+        token_id=_optional_token_id(d.token_id, "data.token_id"),
+        condition_id=_optional_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        market_slug=d.market_slug,
+        title=d.title,
+        refund=_amount(d.refund, "data.refund"),
+        fee_charged=_amount(d.fee_charged, "data.fee_charged"),
+        event_time=None if d.timestamp is None else _epoch(d.timestamp),
+        raw=raw,
+    )
+
+
+def _feed_trade(d: _LegacyTrade, raw: bytes) -> FeedTradeEvent:
+    shares = _amount(d.shares, "data.shares")
+    if not shares:
+        raise Rejected("data.shares not positive: 0")
+    event_time = _epoch(d.timestamp)
+    return FeedTradeEvent(
+        business_date=event_time.date(),
+        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
+        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
+        asset_id=_token_id(d.asset_id, "data.asset_id"),
+        condition_id=_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        market_slug=d.market_slug,
+        title=d.title,
+        outcome=d.outcome,
+        shares=shares,
+        # This provider already prints shares normalised; the seed shows both equal.
+        shares_normalized=(
+            shares
+            if d.shares_normalized is None
+            else _amount(d.shares_normalized, "data.shares_normalized")
+        ),
+        price=_price(d.price),
+        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
+        taker_address=_hex(d.taker, ADDRESS_DIGITS, "data.taker"),
+        event_time=event_time,
+        feed_source=d.source,
+        raw=raw,
+    )
+
+
+def orders_frame(raw: bytes | str, *, max_bytes: int = MAX_FRAME_BYTES) -> OrdersFrame:
+    """One frame of the "orders" channel (order_filled, fee_refund and the handshake)."""
+    frame, data = _decode(_ORDERS, raw, max_bytes)
+    if isinstance(frame, _OrdersEvent):
+        body = frame.data
+        event = (
+            _order_filled(body, data) if isinstance(body, _OrderFilled) else _fee_refund(body, data)
+        )
+        return OrdersEvent(subscription_id=frame.subscription_id, event=event)
+    return _handshake(frame)
+
+
+def trades_frame(raw: bytes | str, *, max_bytes: int = MAX_FRAME_BYTES) -> TradesFrame:
+    """One frame of the legacy "trade" message provider."""
+    frame, data = _decode(_TRADES, raw, max_bytes)
+    if isinstance(frame, _TradeMessage):
+        return TradeMessage(
+            subscription_id=frame.subscription_id, event=_feed_trade(frame.data, data)
+        )
+    return _handshake(frame)
+
+
+def _handshake(frame: _Connected | _Ack | _Error) -> Connected | Ack | Error:
+    if isinstance(frame, _Ack):
+        return Ack(subscription_id=frame.subscription_id)
+    if isinstance(frame, _Error):
+        return Error(message=frame.message)
+    return Connected()

@@ -1,0 +1,499 @@
+"""The reconciliation rules: named, set-based SQL over one business date.
+
+Each rule is one SELECT yielding `(kind, key, expected, actual, details)` rows — the breaks it
+finds — plus optional `prepare` statements that must run first (gap backfill, refund links).
+`run_rules` stages every rule's rows into the temp table `recon_found` in the caller's
+transaction; `app.recon.lifecycle` merges that table into `recon_break`.
+
+Conventions every rule follows:
+- `expected` is what the reference side says (Report API, taker aggregate, confirmed event,
+  the orders feed), `actual` what the side under test says; both are JSON objects or NULL.
+- A window in `gap_window` explains an absence: events inside a gap of the feed or stream that
+  would have carried them are not breaks (the exchange stream's gaps are backfilled instead).
+- Bind parameters: `:business_date`, `:as_of`, `:pending_grace`, `:drift_tolerance`,
+  `:has_report`, `:report_as_of`, and the gap source patterns `:gap_executions`,
+  `:gap_orders`, `:gap_trades` (LIKE patterns on `gap_window.source`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from app.db.models import Execution, ReportExecution
+from app.domain.breaks import BreakKind, severity_map
+
+# What the ingest workers write into `gap_window.source` (stream name, then an optional shard).
+GAP_EXECUTIONS = "dropcopy.executions%"
+GAP_ORDERS_FEED = "feed.orders%"
+GAP_TRADES_FEED = "feed.trades%"
+
+FILL_TYPES = "('EXECUTION_TYPE_FILL', 'EXECUTION_TYPE_PARTIAL_FILL')"
+BUSTED = "'TRADE_STATE_BUSTED'"
+# For a fill `e`: its trade was busted, which reverses the fill.
+BUSTED_TRADE = (
+    "EXISTS (SELECT 1 FROM trade_capture AS t"
+    " WHERE t.business_date = e.business_date AND t.id = e.trade_id AND t.busted)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    kinds: tuple[BreakKind, ...]
+    query: str
+    needs_report: bool = False
+    prepare: tuple[str, ...] = field(default=())
+
+
+def _in_gap(sources: str, at: str) -> str:
+    """SQL predicate: the instant `at` lies in a recorded gap of a source matching `sources`."""
+    return (
+        f"EXISTS (SELECT 1 FROM gap_window AS g WHERE g.source LIKE {sources}"
+        f" AND {at} BETWEEN g.start_time AND g.end_time)"
+    )
+
+
+def _backfill_columns() -> str:
+    """Columns an `execution` row and its Report API snapshot share, in table order."""
+    snapshot = {column.name for column in ReportExecution.__table__.columns}
+    return ", ".join(
+        column.name
+        for column in Execution.__table__.columns
+        if column.name in snapshot and column.name not in {"source", "received_at"}
+    )
+
+
+# --- exchange ------------------------------------------------------------------------------
+
+# The stream missed what the Report API has, inside a window the ingest flagged as uncertain:
+# the gap explains it, so fill it in as `report_backfill` rather than report a break.
+BACKFILL_FROM_REPORT = f"""
+INSERT INTO execution ({_backfill_columns()}, source)
+SELECT {_backfill_columns()}, 'report_backfill'
+FROM report_execution AS r
+WHERE r.business_date = :business_date
+  AND NOT EXISTS (
+    SELECT 1 FROM execution AS e WHERE e.business_date = r.business_date AND e.id = r.id)
+  AND {_in_gap(":gap_executions", "r.transact_time")}
+ON CONFLICT DO NOTHING
+"""
+
+EXECUTIONS = Rule(
+    name="executions",
+    kinds=(
+        BreakKind.EXECUTION_MISSING_FROM_STREAM,
+        BreakKind.EXECUTION_MISSING_FROM_REPORT,
+        BreakKind.EXECUTION_QUANTITY_MISMATCH,
+        BreakKind.EXECUTION_PRICE_MISMATCH,
+        BreakKind.EXECUTION_FEE_MISMATCH,
+    ),
+    needs_report=True,
+    prepare=(BACKFILL_FROM_REPORT,),
+    query="""
+WITH s AS (
+  SELECT id, last_shares, last_px, commission_notional_collected AS commission,
+         account, symbol, order_id, trade_id, exec_type, transact_time
+  FROM execution WHERE business_date = :business_date
+), r AS (
+  SELECT id, last_shares, last_px, commission_notional_collected AS commission,
+         account, symbol, order_id, trade_id, exec_type, transact_time
+  FROM report_execution WHERE business_date = :business_date
+), differing AS MATERIALIZED (
+  SELECT coalesce(s.id, r.id) AS id, s.id IS NULL AS stream_lacks, r.id IS NULL AS report_lacks,
+         s.last_shares AS s_shares, r.last_shares AS r_shares,
+         s.last_px AS s_px, r.last_px AS r_px,
+         s.commission AS s_commission, r.commission AS r_commission,
+         jsonb_build_object(
+           'account', coalesce(s.account, r.account), 'symbol', coalesce(s.symbol, r.symbol),
+           'order_id', coalesce(s.order_id, r.order_id),
+           'trade_id', coalesce(s.trade_id, r.trade_id),
+           'exec_type', coalesce(s.exec_type, r.exec_type),
+           'transact_time', coalesce(s.transact_time, r.transact_time)) AS details
+  FROM s FULL JOIN r ON r.id = s.id
+  WHERE s.id IS NULL OR r.id IS NULL
+     OR s.last_shares <> r.last_shares OR s.last_px <> r.last_px
+     OR s.commission <> r.commission
+)
+SELECT k.kind, d.id AS key, k.expected, k.actual, d.details
+FROM differing AS d
+CROSS JOIN LATERAL (VALUES
+  ('execution_missing_from_stream', d.stream_lacks,
+   jsonb_build_object('last_shares', d.r_shares, 'last_px', d.r_px,
+                      'commission', d.r_commission), NULL::jsonb),
+  ('execution_missing_from_report', d.report_lacks, NULL::jsonb,
+   jsonb_build_object('last_shares', d.s_shares, 'last_px', d.s_px,
+                      'commission', d.s_commission)),
+  ('execution_quantity_mismatch', d.s_shares <> d.r_shares,
+   jsonb_build_object('last_shares', d.r_shares), jsonb_build_object('last_shares', d.s_shares)),
+  ('execution_price_mismatch', d.s_px <> d.r_px,
+   jsonb_build_object('last_px', d.r_px), jsonb_build_object('last_px', d.s_px)),
+  ('execution_fee_mismatch', d.s_commission <> d.r_commission,
+   jsonb_build_object('commission', d.r_commission),
+   jsonb_build_object('commission', d.s_commission))
+) AS k(kind, hit, expected, actual)
+WHERE k.hit
+""",
+)
+
+TRADE_STATES = Rule(
+    name="trade_states",
+    kinds=(BreakKind.TRADE_STATE_MISMATCH,),
+    needs_report=True,
+    query="""
+SELECT 'trade_state_mismatch' AS kind, t.id AS key,
+       jsonb_build_object('state', r.state) AS expected,
+       jsonb_build_object('state', t.state) AS actual,
+       jsonb_build_object('symbol', t.symbol, 'aggressor_execution_id', t.aggressor_execution_id,
+                          'passive_execution_id', t.passive_execution_id) AS details
+FROM trade_capture AS t
+JOIN report_trade AS r ON r.business_date = t.business_date AND r.id = t.id
+WHERE t.business_date = :business_date AND t.state <> r.state
+""",
+)
+
+# Busted on both sides. Without a Report API snapshot the stream alone says so.
+TRADES_BUSTED = Rule(
+    name="trades_busted",
+    kinds=(BreakKind.TRADE_BUSTED,),
+    query=f"""
+SELECT 'trade_busted' AS kind, t.id AS key, NULL::jsonb AS expected,
+       jsonb_build_object('state', t.state) AS actual,
+       jsonb_build_object('symbol', t.symbol, 'last_shares', t.last_shares, 'last_px', t.last_px,
+                          'aggressor_execution_id', t.aggressor_execution_id,
+                          'passive_execution_id', t.passive_execution_id) AS details
+FROM trade_capture AS t
+WHERE t.business_date = :business_date AND t.busted
+  AND (NOT :has_report OR EXISTS (
+    SELECT 1 FROM report_trade AS r
+    WHERE r.business_date = t.business_date AND r.id = t.id AND r.state = {BUSTED}))
+""",
+)
+
+# A leg is missing only if neither the stream nor the Report API ever had it; a leg in just one
+# of them is an execution_missing_from_* break instead. Legs may carry a neighbouring trade
+# date (a passive order resting over midnight), hence the ±1 day window.
+TRADE_LEGS = Rule(
+    name="trade_legs",
+    kinds=(BreakKind.TRADE_LEG_MISSING,),
+    query="""
+WITH legs AS (
+  SELECT id AS trade_id, symbol, 'aggressor' AS leg, aggressor_execution_id AS execution_id
+  FROM trade_capture WHERE business_date = :business_date
+  UNION
+  SELECT id, symbol, 'passive', passive_execution_id
+  FROM trade_capture WHERE business_date = :business_date
+  UNION
+  SELECT id, symbol, 'aggressor', aggressor_execution_id
+  FROM report_trade WHERE business_date = :business_date
+  UNION
+  SELECT id, symbol, 'passive', passive_execution_id
+  FROM report_trade WHERE business_date = :business_date
+)
+SELECT DISTINCT ON (l.execution_id)
+       'trade_leg_missing' AS kind, l.execution_id AS key,
+       jsonb_build_object('trade_id', l.trade_id, 'leg', l.leg) AS expected,
+       NULL::jsonb AS actual,
+       jsonb_build_object('trade_id', l.trade_id, 'leg', l.leg, 'symbol', l.symbol) AS details
+FROM legs AS l
+WHERE l.execution_id <> ''
+  AND NOT EXISTS (
+    SELECT 1 FROM execution AS e
+    WHERE e.business_date BETWEEN :business_date - 1 AND :business_date + 1
+      AND e.id = l.execution_id)
+  AND NOT EXISTS (
+    SELECT 1 FROM report_execution AS e
+    WHERE e.business_date BETWEEN :business_date - 1 AND :business_date + 1
+      AND e.id = l.execution_id)
+ORDER BY l.execution_id, l.trade_id, l.leg
+""",
+)
+
+# Recomputed from the stream's fills (the venue's true fills), net of busted trades, on top of
+# the day's opening position; compared with the last position change of the day and with the
+# Report API's positions. A venue position updated after the date cannot speak for it.
+POSITIONS = Rule(
+    name="positions",
+    kinds=(BreakKind.POSITION_MISMATCH,),
+    query=f"""
+WITH fills AS (
+  SELECT e.account, e.symbol,
+         sum(CASE WHEN e.side = 'SIDE_BUY' THEN e.last_shares ELSE -e.last_shares END) AS net,
+         sum(e.last_shares) FILTER (WHERE e.side = 'SIDE_BUY') AS bought,
+         sum(e.last_shares) FILTER (WHERE e.side <> 'SIDE_BUY') AS sold
+  FROM execution AS e
+  WHERE e.business_date = :business_date AND e.exec_type IN {FILL_TYPES}
+    AND NOT {BUSTED_TRADE}
+  GROUP BY e.account, e.symbol
+), changed AS (
+  SELECT DISTINCT ON (account, symbol) account, symbol, net_position, bod_position, change_time
+  FROM position_change WHERE business_date = :business_date
+  ORDER BY account, symbol, change_time DESC
+), reported AS (
+  SELECT account, symbol, net_position, bod_position, update_time
+  FROM report_position
+  WHERE :has_report AND as_of = :report_as_of
+    AND (update_time IS NULL OR update_time < (:business_date + 1)::timestamp AT TIME ZONE 'UTC')
+), compared AS (
+  SELECT coalesce(f.account, c.account, r.account) AS account,
+         coalesce(f.symbol, c.symbol, r.symbol) AS symbol,
+         coalesce(c.bod_position, r.bod_position, 0) + coalesce(f.net, 0) AS computed,
+         coalesce(f.bought, 0) AS bought, coalesce(f.sold, 0) AS sold,
+         c.net_position AS changed_net, r.net_position AS reported_net,
+         coalesce(c.bod_position, r.bod_position, 0) AS bod
+  FROM fills AS f
+  FULL JOIN changed AS c ON c.account = f.account AND c.symbol = f.symbol
+  FULL JOIN reported AS r
+    ON r.account = coalesce(f.account, c.account) AND r.symbol = coalesce(f.symbol, c.symbol)
+)
+SELECT 'position_mismatch' AS kind, account || '|' || symbol AS key,
+       jsonb_build_object('position_change', changed_net, 'report', reported_net) AS expected,
+       jsonb_build_object('net_position', computed) AS actual,
+       jsonb_build_object('account', account, 'symbol', symbol, 'bod_position', bod,
+                          'qty_bought', bought, 'qty_sold', sold) AS details
+FROM compared
+WHERE changed_net <> computed OR reported_net <> computed
+""",
+)
+
+# --- chain ---------------------------------------------------------------------------------
+
+MAKER_TAKER = Rule(
+    name="maker_taker",
+    kinds=(BreakKind.CHAIN_MAKER_TAKER_MISMATCH, BreakKind.CHAIN_TAKER_MISSING),
+    query=f"""
+WITH per_token AS (
+  SELECT tx_hash, token_id,
+         count(*) FILTER (WHERE role = 'maker') AS makers,
+         coalesce(sum(shares) FILTER (WHERE role = 'maker'), 0) AS maker_shares,
+         count(*) FILTER (WHERE role = 'taker') AS takers,
+         sum(shares) FILTER (WHERE role = 'taker') AS taker_shares,
+         min(event_time) AS event_time
+  FROM order_filled WHERE business_date = :business_date
+  GROUP BY tx_hash, token_id
+), broken AS (
+  SELECT CASE WHEN takers = 0 THEN 'chain_taker_missing'
+              ELSE 'chain_maker_taker_mismatch' END AS kind, *
+  FROM per_token
+  WHERE makers > 0 AND (takers = 0 OR maker_shares <> taker_shares)
+)
+SELECT kind, tx_hash AS key,
+       jsonb_object_agg(token_id, taker_shares ORDER BY token_id) AS expected,
+       jsonb_object_agg(token_id, maker_shares ORDER BY token_id) AS actual,
+       jsonb_build_object('makers', sum(makers), 'event_time', min(event_time)) AS details
+FROM broken AS b
+WHERE NOT {_in_gap(":gap_orders", "b.event_time")}
+GROUP BY kind, tx_hash
+""",
+)
+
+# A pending event never confirmed within the grace (a dropped transaction) — unless the orders
+# feed was disconnected while its confirmation would have been sent.
+PENDING_UNCONFIRMED = Rule(
+    name="pending_unconfirmed",
+    kinds=(BreakKind.CHAIN_PENDING_UNCONFIRMED,),
+    query="""
+SELECT 'chain_pending_unconfirmed' AS kind, p.tx_hash || '|' || p.order_hash AS key,
+       NULL::jsonb AS expected,
+       jsonb_build_object('shares', p.shares, 'price', p.price, 'fee', p.fee) AS actual,
+       jsonb_build_object('role', p.role, 'user_address', p.user_address,
+                          'condition_id', p.condition_id, 'event_time', p.event_time) AS details
+FROM order_filled_pending AS p
+WHERE p.business_date = :business_date AND p.superseded_at IS NULL
+  AND p.event_time < :as_of - :pending_grace
+  AND NOT EXISTS (
+    SELECT 1 FROM gap_window AS g
+    WHERE g.source LIKE :gap_orders
+      AND g.start_time <= p.event_time + :pending_grace AND g.end_time >= p.event_time)
+""",
+)
+
+PENDING_DRIFT = Rule(
+    name="pending_drift",
+    kinds=(BreakKind.CHAIN_PENDING_DRIFT,),
+    query="""
+SELECT DISTINCT ON (p.tx_hash, p.order_hash)
+       'chain_pending_drift' AS kind, p.tx_hash || '|' || p.order_hash AS key,
+       jsonb_build_object('shares', c.shares, 'price', c.price, 'fee', c.fee) AS expected,
+       jsonb_build_object('shares', p.shares, 'price', p.price, 'fee', p.fee) AS actual,
+       jsonb_build_object('tolerance', :drift_tolerance, 'role', p.role) AS details
+FROM order_filled_pending AS p
+JOIN order_filled AS c
+  ON c.business_date = p.business_date AND c.tx_hash = p.tx_hash
+ AND c.order_hash = p.order_hash
+WHERE p.business_date = :business_date AND p.superseded_at IS NOT NULL
+  AND (abs(p.shares - c.shares) > :drift_tolerance * abs(c.shares)
+    OR abs(p.price - c.price) > :drift_tolerance * abs(c.price)
+    OR abs(p.fee - c.fee) > :drift_tolerance * abs(c.fee))
+ORDER BY p.tx_hash, p.order_hash, c.log_index
+""",
+)
+
+# Each refund tied to the one maker fill of the day it rebates: the fill of its own transaction
+# when there is one, else the order's first maker fill of the day. Refunds and net fees both read
+# this table, so they cannot disagree about which fee a refund belongs to.
+# A refund carries no timestamp, and one that arrived before its fill is dated by when it was
+# received: so candidates are refunds dated from the day before on, and an unlinked one belongs
+# to this day if its transaction is this day's, or if it is dated today and no fill anywhere up
+# to tomorrow has its order or transaction (else that other day's run owns it).
+REFUND_LINKS = """
+CREATE TEMP TABLE IF NOT EXISTS recon_refund_link ON COMMIT DROP AS
+WITH linked AS (
+  SELECT DISTINCT ON (f.tx_hash, f.order_hash)
+         f.tx_hash, f.order_hash, f.business_date, f.refund, f.fee_charged,
+         o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee
+  FROM fee_refund AS f
+  LEFT JOIN order_filled AS o
+    ON o.business_date = :business_date AND o.order_hash = f.order_hash AND o.role = 'maker'
+  WHERE f.business_date >= :business_date - 1
+  ORDER BY f.tx_hash, f.order_hash, (o.tx_hash = f.tx_hash) DESC NULLS LAST, o.event_time,
+           o.tx_hash, o.log_index
+)
+SELECT * FROM linked AS l
+WHERE l.fill_tx_hash IS NOT NULL
+   OR EXISTS (
+     SELECT 1 FROM order_filled AS o
+     WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash)
+   OR (l.business_date = :business_date
+       AND NOT EXISTS (
+         SELECT 1 FROM order_filled AS o
+         WHERE o.business_date <= :business_date + 1 AND o.order_hash = l.order_hash)
+       AND NOT EXISTS (
+         SELECT 1 FROM order_filled AS o
+         WHERE o.business_date <= :business_date + 1 AND o.tx_hash = l.tx_hash))
+"""
+
+REFUNDS = Rule(
+    name="refunds",
+    kinds=(BreakKind.CHAIN_REFUND_ORPHAN, BreakKind.CHAIN_REFUND_ARITHMETIC),
+    prepare=(REFUND_LINKS,),
+    query="""
+SELECT DISTINCT ON (kind, l.order_hash)
+       CASE WHEN l.fill_tx_hash IS NULL THEN 'chain_refund_orphan'
+            ELSE 'chain_refund_arithmetic' END AS kind,
+       l.order_hash AS key,
+       CASE WHEN l.fill_tx_hash IS NULL THEN NULL
+            ELSE jsonb_build_object('fee', l.fill_fee) END AS expected,
+       jsonb_build_object('refund', l.refund, 'fee_charged', l.fee_charged,
+                          'sum', l.refund + l.fee_charged) AS actual,
+       jsonb_build_object('tx_hash', l.tx_hash, 'fill_tx_hash', l.fill_tx_hash) AS details
+FROM recon_refund_link AS l
+WHERE l.fill_tx_hash IS NULL OR l.refund + l.fee_charged <> l.fill_fee
+ORDER BY kind, l.order_hash, l.tx_hash
+""",
+)
+
+# --- between the two feed providers --------------------------------------------------------
+
+FEED_PROVIDERS = Rule(
+    name="feed_providers",
+    kinds=(BreakKind.FEED_PROVIDER_MISSING, BreakKind.FEED_PROVIDER_MISMATCH),
+    query=f"""
+WITH compared AS (
+  SELECT o.tx_hash, o.order_hash, o.event_time, o.condition_id,
+         o.shares_normalized AS o_shares, o.price AS o_price,
+         t.tx_hash IS NULL AS missing,
+         t.shares_normalized AS t_shares, t.price AS t_price
+  FROM order_filled AS o
+  LEFT JOIN feed_trade AS t
+    ON t.business_date = o.business_date AND t.tx_hash = o.tx_hash
+   AND t.order_hash = o.order_hash
+  WHERE o.business_date = :business_date AND o.role = 'maker'
+    AND (t.tx_hash IS NULL OR t.shares_normalized <> o.shares_normalized OR t.price <> o.price)
+)
+SELECT DISTINCT ON (c.tx_hash, c.order_hash)
+       CASE WHEN c.missing THEN 'feed_provider_missing' ELSE 'feed_provider_mismatch' END AS kind,
+       c.tx_hash || '|' || c.order_hash AS key,
+       jsonb_build_object('shares', c.o_shares, 'price', c.o_price) AS expected,
+       CASE WHEN c.missing THEN NULL
+            ELSE jsonb_build_object('shares', c.t_shares, 'price', c.t_price) END AS actual,
+       jsonb_build_object('condition_id', c.condition_id, 'event_time', c.event_time) AS details
+FROM compared AS c
+WHERE NOT {_in_gap(":gap_orders", "c.event_time")}
+  AND NOT {_in_gap(":gap_trades", "c.event_time")}
+ORDER BY c.tx_hash, c.order_hash
+""",
+)
+
+RULES: tuple[Rule, ...] = (
+    EXECUTIONS,
+    TRADE_STATES,
+    TRADES_BUSTED,
+    TRADE_LEGS,
+    POSITIONS,
+    MAKER_TAKER,
+    PENDING_UNCONFIRMED,
+    PENDING_DRIFT,
+    REFUNDS,
+    FEED_PROVIDERS,
+)
+
+STAGING = """
+CREATE TEMP TABLE recon_found (
+  kind text NOT NULL,
+  key text NOT NULL,
+  business_date date NOT NULL,
+  severity text NOT NULL,
+  expected jsonb,
+  actual jsonb,
+  details jsonb NOT NULL DEFAULT '{}'::jsonb,
+  PRIMARY KEY (kind, key)
+) ON COMMIT DROP
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    name: str
+    found: dict[str, int]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RulesOutcome:
+    results: tuple[RuleResult, ...]
+    evaluated: tuple[BreakKind, ...]
+
+    @property
+    def found(self) -> dict[str, int]:
+        return {kind: n for r in self.results for kind, n in r.found.items()}
+
+
+def run_rules(
+    conn: Connection, params: Mapping[str, Any], rules: tuple[Rule, ...] = RULES
+) -> RulesOutcome:
+    """Stage every applicable rule's breaks into `recon_found` (created here, dropped at commit).
+
+    Rules that need a Report API snapshot are skipped when `params["has_report"]` is false, and
+    their kinds are left out of `evaluated` so the lifecycle does not auto-resolve them.
+    """
+    conn.execute(text(STAGING))
+    stage_params = {**params, "severities": severity_map()}
+    results: list[RuleResult] = []
+    evaluated: list[BreakKind] = []
+    for rule in rules:
+        if rule.needs_report and not params["has_report"]:
+            continue
+        started = time.perf_counter()
+        for statement in rule.prepare:
+            conn.execute(text(statement), params)
+        rows = conn.execute(
+            text(
+                "INSERT INTO recon_found (kind, key, business_date, severity, expected, actual,"
+                " details) SELECT found.kind, found.key, :business_date,"
+                " CAST(:severities AS jsonb) ->> found.kind, found.expected, found.actual,"
+                f" found.details FROM ({rule.query}) AS found"
+                " ON CONFLICT (kind, key) DO NOTHING RETURNING kind"
+            ),
+            stage_params,
+        ).scalars()
+        found: dict[str, int] = dict.fromkeys(map(str, rule.kinds), 0)
+        for kind in rows:
+            found[kind] = found.get(kind, 0) + 1
+        results.append(RuleResult(rule.name, found, time.perf_counter() - started))
+        evaluated.extend(rule.kinds)
+    return RulesOutcome(tuple(results), tuple(evaluated))

@@ -1,0 +1,432 @@
+"""Websocket trade feeds of the simulated venue, each on its own port at `/ws/<api_key>`: the
+"orders" channel (seeds/004: `event` messages carrying order_filled / fee_refund, pending and
+confirmed) and the legacy provider (seeds/003: `trade` messages).
+
+Timeline. A feed is live: it has one position in the stored day ("now"), which starts to move when
+the first subscription arrives and then delivers the day in order to every matching subscription.
+A later connection joins at "now" — there is no replay on reconnect, so what a subscriber misses
+while away (including frames queued to a connection that died) is gone, as on the real feeds. The
+position only moves while someone is subscribed, so an unpaced feed does not race through the day
+to an empty room. `replay=True` instead gives every subscription its own timeline from seq 0, for
+tests that need each subscriber to see the whole day.
+
+Frames are built by byte concatenation around the store's `data` bytes, so a consumer receives
+exactly the JSON the ground truth was computed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from app.venue.faults import FaultInjector, FaultPlan
+from app.venue.model import FeedName, FeedRow
+
+if TYPE_CHECKING:
+    from app.venue.store import VenueStore
+
+_STATUSES = {
+    "confirmed": frozenset({"confirmed"}),
+    "pending": frozenset({"pending"}),
+    "all": frozenset({"confirmed", "pending"}),
+}
+_FILTER_KEYS = ("users", "condition_ids", "market_slugs")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedOptions:
+    keys: frozenset[str] = frozenset({"devkey"})  # accepted API keys (the path's last segment)
+    replay: bool = False  # every subscription gets the whole day from seq 0
+    pace_events_per_s: float | None = None  # None = as fast as subscribers read
+    ping_interval_s: float = 30.0
+    ping_timeout_s: float = 30.0
+    read_rows: int = 2000  # rows per store read
+    outbox_frames: int = 2000  # frames queued per connection before the feed waits on it
+    reorder_wait_s: float = 0.02  # how long a reorder window waits to fill before flushing
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSpec:
+    name: FeedName
+    message_type: str  # the `type` of an event message: "event" or "trade"
+    subscribe_types: frozenset[str]  # accepted `type` values of a subscribe/update request
+    read: Callable[[VenueStore, int, int], list[FeedRow]]
+
+
+ORDERS_FEED = FeedSpec(
+    "orders", "event", frozenset({"orders"}), lambda s, after, n: s.orders_feed(after, n)
+)
+# The legacy provider shares the handshake; clients of it name the type in various ways.
+TRADES_FEED = FeedSpec(
+    "trades",
+    "trade",
+    frozenset({"trades", "trade", "orders"}),
+    lambda s, after, n: s.trades_feed(after, n),
+)
+
+
+class RequestError(ValueError):
+    """A client request the feed answers with `{"type":"error","message":...}`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionFilter:
+    users: frozenset[str] | None  # lower-case addresses; None = every user ("*")
+    condition_ids: frozenset[str] | None  # lower-case; None = any
+    market_slugs: frozenset[str] | None  # None = any
+    statuses: frozenset[str]
+
+    def matches(self, row: FeedRow) -> bool:
+        return (
+            row.status in self.statuses
+            and (self.condition_ids is None or row.condition_id.lower() in self.condition_ids)
+            and (self.market_slugs is None or row.market_slug in self.market_slugs)
+            and (self.users is None or any(u.lower() in self.users for u in row.users))
+        )
+
+
+def _strings(value: object, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError(f"filters.{key} must be a list of strings")
+    return value
+
+
+def parse_filters(raw: object) -> SubscriptionFilter:
+    """The documented filters: any of users (or ["*"]), condition_ids, market_slugs; status."""
+    if not isinstance(raw, dict):
+        raise RequestError("filters must be an object")
+    unknown = set(raw) - {*_FILTER_KEYS, "status"}
+    if unknown:
+        raise RequestError(f"unknown filter(s): {', '.join(sorted(unknown))}")
+    status = raw.get("status", "confirmed")
+    if status not in _STATUSES:
+        raise RequestError('filters.status must be "confirmed", "pending" or "all"')
+    sets: dict[str, frozenset[str] | None] = {}
+    for key in _FILTER_KEYS:
+        values = _strings(raw.get(key, []), key)
+        sets[key] = frozenset(v if key == "market_slugs" else v.lower() for v in values) or None
+    if all(v is None for v in sets.values()):
+        raise RequestError("filters need at least one of users, condition_ids, market_slugs")
+    users = sets["users"]
+    return SubscriptionFilter(
+        users=None if users is not None and "*" in users else users,
+        condition_ids=sets["condition_ids"],
+        market_slugs=sets["market_slugs"],
+        statuses=_STATUSES[status],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    filters: SubscriptionFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    subscription_id: str
+    filters: SubscriptionFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription_id: str
+
+
+FeedRequest = Subscribe | Update | Unsubscribe
+
+
+def parse_request(raw: str | bytes, feed: FeedSpec) -> FeedRequest:
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError("request is not valid JSON") from exc
+    if not isinstance(msg, dict):
+        raise RequestError("request must be a JSON object")
+    action = msg.get("action")
+    if msg.get("version") != 1:
+        raise RequestError("version must be 1")
+    if action == "unsubscribe":
+        return Unsubscribe(_subscription_id(msg))
+    if action not in {"subscribe", "update"}:
+        raise RequestError('action must be "subscribe", "update" or "unsubscribe"')
+    if msg.get("platform") != "polymarket":
+        raise RequestError('platform must be "polymarket"')
+    if msg.get("type") not in feed.subscribe_types:
+        raise RequestError(f"type must be {' or '.join(sorted(feed.subscribe_types))}")
+    filters = parse_filters(msg.get("filters"))
+    if action == "subscribe":
+        return Subscribe(filters)
+    return Update(_subscription_id(msg), filters)
+
+
+def _subscription_id(msg: dict[str, object]) -> str:
+    sid = msg.get("subscription_id")
+    if not isinstance(sid, str) or not sid:
+        raise RequestError("subscription_id is required")
+    return sid
+
+
+def _control(obj: dict[str, str]) -> bytes:
+    return orjson.dumps(obj)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    frame: bytes
+    subscription_id: str | None  # None for control frames (connected, ack, error)
+
+
+class _Subscription:
+    __slots__ = ("connection", "filters", "prefix", "sid", "timeline")
+
+    def __init__(
+        self, sid: str, filters: SubscriptionFilter, connection: _Connection, message_type: str
+    ) -> None:
+        self.sid = sid
+        self.filters = filters
+        self.connection = connection
+        self.prefix = (
+            b'{"type":"' + message_type.encode() + b'","subscription_id":"' + sid.encode() + b'"'
+            b',"data":'
+        )
+        self.timeline: _Timeline | None = None
+
+
+class _Connection:
+    def __init__(self, ws: ServerConnection, plan: FaultPlan, outbox_frames: int) -> None:
+        self.ws = ws
+        self.plan = plan
+        self.outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(outbox_frames)
+        self.subscriptions: dict[str, _Subscription] = {}
+        self.closed = False
+
+    async def put(self, item: _Outgoing) -> None:
+        if not self.closed:
+            await self.outbox.put(item)
+
+    def close(self) -> None:
+        self.closed = True
+        # Free a feed pump blocked on this full outbox; the frames were in flight and are lost.
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+
+
+class _Timeline:
+    """A position in the stored day and the subscriptions it feeds."""
+
+    def __init__(self, feed: FeedServer) -> None:
+        self.feed = feed
+        self.after = 0
+        self.subscriptions: dict[str, _Subscription] = {}
+        self.wake = asyncio.Event()
+        self.task = asyncio.create_task(self.run())
+
+    def add(self, sub: _Subscription) -> None:
+        sub.timeline = self
+        self.subscriptions[sub.sid] = sub
+        self.wake.set()
+
+    def remove(self, sub: _Subscription) -> None:
+        self.subscriptions.pop(sub.sid, None)
+
+    async def run(self) -> None:
+        pace = self.feed.options.pace_events_per_s
+        started: float | None = None
+        played = 0
+        while True:
+            while not self.subscriptions:
+                self.wake.clear()
+                await self.wake.wait()
+            rows = await asyncio.to_thread(
+                self.feed.spec.read, self.feed.store, self.after, self.feed.options.read_rows
+            )
+            if not rows:
+                return  # the stored day is over; subscribers stay connected and hear nothing
+            started = time.monotonic() if started is None else started
+            for row in rows:
+                if not self.subscriptions:
+                    break
+                for sub in tuple(self.subscriptions.values()):
+                    if sub.filters.matches(row):
+                        await sub.connection.put(_Outgoing(sub.prefix + row.data + b"}", sub.sid))
+                self.after = row.seq
+                played += 1
+                if pace:
+                    delay = started + played / pace - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+
+
+class FeedServer:
+    """One websocket feed (orders channel or legacy trades) on its own port."""
+
+    def __init__(
+        self,
+        spec: FeedSpec,
+        store: VenueStore,
+        options: FeedOptions,
+        faults: FaultInjector,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.options = options
+        self.faults = faults
+        self._live: _Timeline | None = None
+        self._private: set[_Timeline] = set()
+        self._server: Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        if not self.options.replay:
+            self._live = _Timeline(self)
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._check_key,
+            ping_interval=self.options.ping_interval_s,
+            ping_timeout=self.options.ping_timeout_s,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        timelines = [t for t in (self._live, *self._private) if t is not None]
+        for timeline in timelines:
+            timeline.task.cancel()
+        await asyncio.gather(*(t.task for t in timelines), return_exceptions=True)
+
+    def _check_key(self, connection: ServerConnection, request: Request) -> Response | None:
+        prefix, _, key = request.path.partition("?")[0].rpartition("/")
+        if prefix != "/ws":
+            return connection.respond(HTTPStatus.NOT_FOUND, "feed path is /ws/<api_key>\n")
+        if key not in self.options.keys:
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "unknown API key\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = _Connection(
+            ws,
+            self.faults.plan(f"ws.{self.spec.name}", link_droppable=True),
+            self.options.outbox_frames,
+        )
+        writer = asyncio.create_task(self._write(conn))
+        try:
+            await conn.put(_Outgoing(_control({"type": "connected"}), None))
+            async for message in ws:
+                await self._on_request(conn, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            for sub in conn.subscriptions.values():
+                self._detach(sub)
+            conn.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _on_request(self, conn: _Connection, message: str | bytes) -> None:
+        try:
+            request = parse_request(message, self.spec)
+            if isinstance(request, Subscribe):
+                sid = f"sub_{secrets.token_hex(6)}"
+                sub = _Subscription(sid, request.filters, conn, self.spec.message_type)
+                conn.subscriptions[sid] = sub
+                # The ack is queued before the subscription joins a timeline, so it comes first.
+                await conn.put(_Outgoing(_control({"type": "ack", "subscription_id": sid}), None))
+                self._attach(sub)
+                return
+            sub_or_none = conn.subscriptions.get(request.subscription_id)
+            if sub_or_none is None:
+                raise RequestError(f"unknown subscription_id {request.subscription_id}")
+            if isinstance(request, Update):
+                sub_or_none.filters = request.filters
+            else:
+                del conn.subscriptions[request.subscription_id]
+                self._detach(sub_or_none)
+            ack = {"type": "ack", "subscription_id": request.subscription_id}
+            await conn.put(_Outgoing(_control(ack), None))
+        except RequestError as exc:
+            await conn.put(_Outgoing(_control({"type": "error", "message": str(exc)}), None))
+
+    def _attach(self, sub: _Subscription) -> None:
+        if self._live is not None:
+            self._live.add(sub)
+            return
+        timeline = _Timeline(self)
+        self._private.add(timeline)
+        timeline.add(sub)
+
+    def _detach(self, sub: _Subscription) -> None:
+        timeline = sub.timeline
+        if timeline is None:
+            return
+        timeline.remove(sub)
+        if timeline in self._private:
+            self._private.discard(timeline)
+            timeline.task.cancel()
+
+    async def _write(self, conn: _Connection) -> None:
+        """Drain the connection's outbox to the socket, applying its faults to event frames."""
+        plan = conn.plan
+        pending: _Outgoing | None = None
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                item = pending or await conn.outbox.get()
+                pending = None
+                if item.subscription_id is None:
+                    await conn.ws.send(item.frame, text=True)
+                    continue
+                window = [item]
+                if plan.spec.reorder_window >= 2:
+                    pending = await self._fill_window(conn, window)
+                for event in plan.reorder(window):
+                    if not await self._send_event(conn, plan, event):
+                        return
+
+    async def _fill_window(self, conn: _Connection, window: list[_Outgoing]) -> _Outgoing | None:
+        """Gather up to reorder_window adjacent event frames; return a control frame met on
+        the way, to be sent after them."""
+        deadline = time.monotonic() + self.options.reorder_wait_s
+        while len(window) < conn.plan.spec.reorder_window:
+            try:
+                item = await asyncio.wait_for(
+                    conn.outbox.get(), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                return None
+            if item.subscription_id is None:
+                return item
+            window.append(item)
+        return None
+
+    async def _send_event(self, conn: _Connection, plan: FaultPlan, event: _Outgoing) -> bool:
+        """Send one event frame with its faults; False once the fault plan cut the connection."""
+        if plan.latency_s:
+            await asyncio.sleep(plan.latency_s)
+        await conn.ws.send(event.frame, text=True)
+        if plan.duplicate():
+            plan.log.record(plan.channel, "duplicate", connection=plan.ordinal)
+            await conn.ws.send(event.frame, text=True)
+        if plan.malformed():
+            sid = event.subscription_id or ""
+            await conn.ws.send(plan.malformed_frame(self.spec.message_type, sid), text=True)
+        cut = plan.count(1)
+        if cut == "disconnect":
+            await conn.ws.close(1012, "injected disconnect")
+        elif cut == "drop":
+            conn.ws.transport.abort()
+        return cut is None

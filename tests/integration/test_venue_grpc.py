@@ -1,0 +1,468 @@
+"""The simulated venue's gRPC endpoint over real sockets: DropCopy streams, resume, Report API,
+auth, limits, health and injected faults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from app.venue.faults import FaultSpec
+from app.venue.grpc_server import GrpcOptions
+from app.venue.run import VenueHandle, VenueOptions, serve_store
+from polymarket.v1 import (
+    dropcopy_pb2,
+    dropcopy_pb2_grpc,
+    enums_pb2,
+    report_pb2,
+    report_pb2_grpc,
+    trading_pb2,
+)
+
+from ._venue_day import VenueStore, small_store
+
+AUTH = (("authorization", "Bearer devtoken"),)
+MD = (*AUTH, ("x-participant-id", "firms/F1/users/alice"))
+DEADLINE_S = 20.0
+
+
+@dataclass(frozen=True)
+class StreamCase:
+    name: str
+    method: str
+    request: type[Message]
+    items: str
+    item: type[Message]
+
+
+CASES = {
+    c.name: c
+    for c in (
+        StreamCase(
+            "executions",
+            "CreateDropCopySubscription",
+            dropcopy_pb2.CreateDropCopySubscriptionRequest,
+            "executions",
+            trading_pb2.Execution,
+        ),
+        StreamCase(
+            "trade_captures",
+            "CreateTradeCaptureReportSubscription",
+            dropcopy_pb2.CreateTradeCaptureReportSubscriptionRequest,
+            "trade_capture_reports",
+            trading_pb2.Trade,
+        ),
+        StreamCase(
+            "instrument_states",
+            "CreateInstrumentStateChangeSubscription",
+            dropcopy_pb2.CreateInstrumentStateChangeSubscriptionRequest,
+            "instruments",
+            trading_pb2.Instrument,
+        ),
+        StreamCase(
+            "position_changes",
+            "CreatePositionChangeSubscription",
+            dropcopy_pb2.CreatePositionChangeSubscriptionRequest,
+            "position_changes",
+            trading_pb2.PositionChange,
+        ),
+    )
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> VenueStore:
+    return small_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def venue(store: VenueStore) -> Iterator[VenueHandle]:
+    options = VenueOptions(grpc=GrpcOptions(batch_size=250, report_requests_per_min=100_000))
+    with serve_store(store, options) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def channel(venue: VenueHandle) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(venue.grpc_target) as ch:
+        yield ch
+
+
+@dataclass
+class Received:
+    items: list[Message]
+    tokens: list[bytes]  # one per response, in order
+    batch_sizes: list[int]
+
+
+def open_stream(
+    channel: grpc.Channel,
+    case: StreamCase,
+    metadata: Any = MD,
+    timeout: float = DEADLINE_S,
+    **request: Any,
+) -> Any:
+    stub = dropcopy_pb2_grpc.DropCopyAPIStub(channel)
+    return getattr(stub, case.method)(case.request(**request), metadata=metadata, timeout=timeout)
+
+
+def read(call: Any, case: StreamCase, want: int) -> Received:
+    """Read until `want` items arrived, then cancel: a live stream never ends by itself."""
+    got = Received([], [], [])
+    if want == 0:
+        call.cancel()
+        return got
+    for response in call:
+        batch = list(getattr(response, case.items))
+        got.items.extend(batch)
+        got.tokens.append(response.resume_token)
+        got.batch_sizes.append(len(batch))
+        if len(got.items) >= want:
+            break
+    call.cancel()
+    return got
+
+
+def expected(
+    store: VenueStore,
+    case: StreamCase,
+    *,
+    after: int = 0,
+    symbols: tuple[str, ...] = (),
+    firms: tuple[str, ...] = (),
+) -> list[Message]:
+    rows = store.stream(case.name, after, symbols, firms, 10**7)  # type: ignore[arg-type]
+    return [case.item.FromString(r.payload) for r in rows]
+
+
+def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in call:
+            pass
+    return info.value.code(), info.value.details()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_stream_serves_the_stored_day_in_order(
+    store: VenueStore, channel: grpc.Channel, name: str
+) -> None:
+    case = CASES[name]
+    want = expected(store, case)
+    assert want, f"the day has no {name}; the test would prove nothing"
+    assert len(want) == store.stream_length(name)  # type: ignore[arg-type]
+    got = read(open_stream(channel, case), case, len(want))
+    assert got.items == want
+    assert max(got.batch_sizes) <= 250
+
+
+def test_stream_stays_open_and_silent_after_the_day(
+    store: VenueStore, channel: grpc.Channel
+) -> None:
+    case = CASES["instrument_states"]
+    want = store.stream_length("instrument_states")
+    call = open_stream(channel, case, timeout=1.5)
+    items: list[Message] = []
+    with pytest.raises(grpc.RpcError) as info:
+        for response in call:
+            items.extend(getattr(response, case.items))
+    # Neither more data nor an end of stream: the client's deadline is what ends it.
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(items) == want
+
+
+@pytest.mark.parametrize("name", ["executions", "trade_captures", "position_changes"])
+def test_symbol_and_firm_filters(store: VenueStore, channel: grpc.Channel, name: str) -> None:
+    case = CASES[name]
+    all_rows = store.stream(name, 0, (), (), 10**7)  # type: ignore[arg-type]
+    symbol = all_rows[0].symbol
+    firm = next(r.firm for r in all_rows if r.firm)
+    for symbols, firms in (((symbol,), ()), ((), (firm,)), ((symbol,), (firm,))):
+        want = expected(store, case, symbols=symbols, firms=firms)
+        assert 0 < len(want) < len(all_rows)
+        got = read(open_stream(channel, case, symbols=symbols, firms=firms), case, len(want))
+        assert got.items == want, (symbols, firms)
+
+
+def test_instrument_symbol_filter_needs_no_participant(
+    store: VenueStore, channel: grpc.Channel
+) -> None:
+    case = CASES["instrument_states"]
+    symbol = store.stream("instrument_states", 0, (), (), 1)[0].symbol
+    want = expected(store, case, symbols=(symbol,))
+    got = read(open_stream(channel, case, metadata=AUTH, symbols=[symbol]), case, len(want))
+    assert got.items == want
+    assert {i.symbol for i in got.items} == {symbol}  # type: ignore[attr-defined]
+
+
+def test_resume_token_continues_with_no_gap(store: VenueStore, channel: grpc.Channel) -> None:
+    case = CASES["executions"]
+    want = expected(store, case)
+    first = read(open_stream(channel, case), case, 600)
+    assert len(first.items) < len(want)
+    # Resume from a token in the middle of what was read: at least once, never a gap.
+    k = len(first.tokens) // 2
+    seen = sum(first.batch_sizes[: k + 1])
+    rest = read(
+        open_stream(channel, case, resume_token=first.tokens[k]), case, len(want) - seen
+    )
+    assert first.items[:seen] + rest.items == want
+
+
+def test_resume_time_starts_at_the_first_event_at_or_after_it(
+    store: VenueStore, channel: grpc.Channel
+) -> None:
+    case = CASES["executions"]
+    rows = store.stream("executions", 0, (), (), 10**7)
+    middle = rows[len(rows) // 2]
+    request = dropcopy_pb2.CreateDropCopySubscriptionRequest()
+    request.resume_time.FromMicroseconds(middle.event_time_us)
+    after = store.first_seq_at_or_after("executions", middle.event_time_us)
+    want = expected(store, case, after=after)
+    assert rows[after].event_time_us == middle.event_time_us  # seq is 1-based, after = seq - 1
+    call = dropcopy_pb2_grpc.DropCopyAPIStub(channel).CreateDropCopySubscription(
+        request, metadata=MD, timeout=DEADLINE_S
+    )
+    assert read(call, case, len(want)).items == want
+
+
+def test_expired_token_is_failed_precondition(store: VenueStore) -> None:
+    case = CASES["executions"]
+    options = VenueOptions(faults=FaultSpec(token_ttl_s=0.3))
+    with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
+        token = read(open_stream(ch, case), case, 1).tokens[0]
+        fresh = read(open_stream(ch, case, resume_token=token), case, 1)
+        assert fresh.items, "a fresh token resumes"
+        time.sleep(0.5)
+        code, details = code_of(open_stream(ch, case, resume_token=token))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "resume token expired" in details
+        assert venue.fault_log.records(kind="token_expired")
+
+
+def test_malformed_forged_or_foreign_tokens_are_invalid_argument(
+    channel: grpc.Channel,
+) -> None:
+    case = CASES["executions"]
+    token = read(open_stream(channel, case), case, 1).tokens[0]
+    forged = token[:-3] + (b"AAA" if token[-3:] != b"AAA" else b"BBB")
+    position_token = read(
+        open_stream(channel, CASES["position_changes"]), CASES["position_changes"], 1
+    ).tokens[0]
+    for bad in (b"garbage!", b"", forged, position_token):
+        if not bad:
+            continue
+        code, _ = code_of(open_stream(channel, case, resume_token=bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, bad
+    code, details = code_of(open_stream(channel, case, resume_token=token, symbols=["OTHER"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "filters" in details
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "devtoken"),), grpc.StatusCode.UNAUTHENTICATED),
+        (AUTH, grpc.StatusCode.PERMISSION_DENIED),
+        ((*AUTH, ("x-participant-id", "firms/F1")), grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_auth(channel: grpc.Channel, metadata: Any, status: grpc.StatusCode) -> None:
+    code, _ = code_of(open_stream(channel, CASES["executions"], metadata=metadata))
+    assert code == status
+    report = report_pb2_grpc.ReportAPIStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        report.SearchExecutions(report_pb2.SearchExecutionsRequest(), metadata=metadata)
+    assert info.value.code() == status
+
+
+def test_stream_limit_per_token(store: VenueStore) -> None:
+    case = CASES["instrument_states"]
+    options = VenueOptions(grpc=GrpcOptions(max_streams_per_token=2))
+    with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
+        open_calls = [open_stream(ch, case, metadata=AUTH) for _ in range(2)]
+        for call in open_calls:
+            next(call)  # both are being served
+        code, details = code_of(open_stream(ch, case, metadata=AUTH))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        open_calls[0].cancel()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the server sees the cancel shortly after
+            call = open_stream(ch, case, metadata=AUTH)
+            try:
+                next(call)
+                call.cancel()
+                break
+            except grpc.RpcError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("a freed stream slot was never reusable")
+        open_calls[1].cancel()
+
+
+def test_health_serving_and_reflection(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "polymarket.v1.DropCopyAPI", "polymarket.v1.ReportAPI"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"polymarket.v1.DropCopyAPI", "polymarket.v1.ReportAPI"} <= names
+
+
+def page_through(call: Any, request: Any, items: str, limit: int = 1000) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(limit):
+        response = call(request, metadata=MD, timeout=DEADLINE_S)
+        out.extend(getattr(response, items))
+        if not response.next_page_token:
+            if hasattr(response, "eof"):
+                assert response.eof
+            return out
+        assert not getattr(response, "eof", False)
+        request.page_token = response.next_page_token
+    pytest.fail("pagination never ended")
+
+
+def test_report_pagination_returns_everything_exactly_once(
+    store: VenueStore, channel: grpc.Channel
+) -> None:
+    report = report_pb2_grpc.ReportAPIStub(channel)
+    everything = {"start_us": None, "end_us": None, "symbol": None, "accounts": []}
+    cases = (
+        (
+            report.SearchExecutions,
+            report_pb2.SearchExecutionsRequest(page_size=97),
+            "executions",
+            store.search_executions(
+                **everything, exec_ids=[], order_id=None, types=[], after_key=None, limit=10**7
+            ),
+        ),
+        (
+            report.SearchTrades,
+            report_pb2.SearchTradesRequest(page_size=53),
+            "trades",
+            store.search_trades(**everything, trade_ids=[], states=[], after_key=None, limit=10**7),
+        ),
+        (
+            report.SearchOrders,
+            report_pb2.SearchOrdersRequest(page_size=71),
+            "orders",
+            store.search_orders(**everything, order_ids=[], after_key=None, limit=10**7),
+        ),
+    )
+    for call, request, items, (whole, rest) in cases:
+        assert rest is None
+        assert len(whole) > 2 * request.page_size, f"too few {items} to page through"
+        got = page_through(call, request, items)
+        ids = [m.id for m in got]
+        assert len(ids) == len(set(ids)), f"{items}: a row came twice"
+        assert [m.SerializeToString() for m in got] == whole, items
+
+
+def test_report_filters_and_bad_page_token(store: VenueStore, channel: grpc.Channel) -> None:
+    report = report_pb2_grpc.ReportAPIStub(channel)
+    rows = store.stream("executions", 0, (), (), 10**7)
+    symbol = rows[0].symbol
+    got = page_through(
+        report.SearchExecutions,
+        report_pb2.SearchExecutionsRequest(page_size=500, symbol=symbol),
+        "executions",
+    )
+    assert got
+    assert {e.order.symbol for e in got} == {symbol}
+    first = report.SearchExecutions(
+        report_pb2.SearchExecutionsRequest(page_size=10), metadata=MD, timeout=5
+    )
+    assert first.next_page_token
+    with pytest.raises(grpc.RpcError) as info:  # a page token is bound to its filters
+        report.SearchExecutions(
+            report_pb2.SearchExecutionsRequest(
+                page_size=10, symbol=symbol, page_token=first.next_page_token
+            ),
+            metadata=MD,
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        report.SearchTrades(
+            report_pb2.SearchTradesRequest(page_token="not-a-token"), metadata=MD, timeout=5
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_positions(store: VenueStore, channel: grpc.Channel) -> None:
+    report = report_pb2_grpc.ReportAPIStub(channel)
+    response = report.ListPositions(report_pb2.ListPositionsRequest(), metadata=MD, timeout=5)
+    assert [p.SerializeToString() for p in response.positions] == store.list_positions([], [])
+    assert response.positions
+
+
+def test_report_rate_limit(store: VenueStore) -> None:
+    options = VenueOptions(grpc=GrpcOptions(report_requests_per_min=3))
+    with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
+        report = report_pb2_grpc.ReportAPIStub(ch)
+        request = report_pb2.SearchOrdersRequest(page_size=1)
+        for _ in range(3):
+            report.SearchOrders(request, metadata=MD, timeout=5)
+        with pytest.raises(grpc.RpcError) as info:
+            report.SearchOrders(request, metadata=MD, timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        other = (("authorization", "Bearer other"), MD[1])
+        with pytest.raises(grpc.RpcError) as info:
+            report.SearchOrders(request, metadata=other, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_faults_disconnect_duplicate_reorder_malformed(store: VenueStore) -> None:
+    """A consumer that resumes on UNAVAILABLE and dedupes by id still gets the exact day; the
+    malformed executions it sees are exactly those in the fault log."""
+    case = CASES["executions"]
+    spec = FaultSpec(
+        disconnect_every=400, duplicate_rate=0.2, reorder_window=5, malformed_rate=0.02, seed=3
+    )
+    options = VenueOptions(grpc=GrpcOptions(batch_size=100), faults=spec)
+    want = expected(store, case)
+    with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
+        by_id: dict[str, Message] = {}
+        malformed: set[str] = set()
+        token = b""
+        disconnects = 0
+        for _ in range(1000):
+            call = open_stream(ch, case, resume_token=token)
+            try:
+                for response in call:
+                    for e in response.executions:
+                        if e.type not in enums_pb2.ExecutionType.values() or e.last_shares < 0:
+                            malformed.add(e.id)
+                        else:
+                            by_id[e.id] = e
+                    token = response.resume_token
+                    if len(by_id) == len(want):
+                        break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                disconnects += 1
+                continue
+            call.cancel()
+            break
+        log = venue.fault_log
+        # The server may log the cut after the last batch the client needed, then hang up.
+        assert len(log.records(kind="disconnect")) in {disconnects, disconnects + 1}
+        assert disconnects >= len(want) // 400 - 1
+        assert log.records(kind="duplicate")
+        assert malformed == {str(r.detail["execution_id"]) for r in log.records(kind="malformed")}
+        assert malformed
+    assert sorted(by_id.values(), key=lambda e: e.id) == sorted(want, key=lambda e: e.id)  # type: ignore[attr-defined]
