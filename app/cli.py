@@ -34,6 +34,9 @@ def _configure(
         level=logging.DEBUG if verbose else settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Third-party chatter that helps nobody at 3 a.m.
+    for noisy in ("pgserver", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _not_built(what: str, issue: int) -> NoReturn:

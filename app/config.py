@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +57,18 @@ class Settings(BaseSettings):
     eod_time: str = Field(default="18:30", pattern=r"^\d{2}:\d{2}$", description="end-of-day HH:MM")
     timezone: str = Field(default="America/New_York", description="time zone of eod_time")
     misfire_grace_seconds: int = Field(default=600, ge=1)
+
+    recon_pending_grace_seconds: float = Field(
+        default=600.0, ge=0, description="a pending chain event older than this is a dropped tx"
+    )
+    recon_drift_tolerance: Decimal = Field(
+        default=Decimal("0.01"), ge=0, lt=1, description="pending vs confirmed, as a fraction"
+    )
+    report_requests_per_minute: float = Field(
+        default=12.0, gt=0, description="Report API search calls per minute (venue limit: ~12)"
+    )
+    report_page_size: int = Field(default=10_000, ge=1, description="Report API page size")
+    report_max_pages: int = Field(default=10_000, ge=1, description="give up beyond this many")
 
     alert_urls: SecretStr = Field(
         default=SecretStr(""),

@@ -1,11 +1,12 @@
 """Deliver the alert outbox: claim, digest, send, mark — retried with backoff, never lost.
 
 The break lifecycle writes `alert_outbox` rows in the same transaction as the break, with the
-notifier `*` ("every configured notifier": recon knows nothing of notifier URLs). A delivery run
-first fans each `*` row out into one row per configured notifier; the unique key
-(break_id, occurrence, notifier) makes that idempotent, so no occurrence is queued twice for a
-notifier however often or concurrently fan-out runs. The `*` row is then marked delivered (its
-job, handing the occurrence to the notifiers, is done).
+notifier `default` (`ALL_NOTIFIERS`: "every configured notifier" — recon knows nothing of
+notifier URLs). A delivery run first fans each such row out into one row per configured
+notifier; the unique key (break_id, occurrence, notifier) makes that idempotent, so no
+occurrence is queued twice for a notifier however often or concurrently fan-out runs. The
+`default` row is then marked delivered (its job, handing the occurrence on, is done). A row
+written for one named notifier is delivered by that notifier only.
 
 Then, per notifier, one transaction: claim every due row with `FOR UPDATE SKIP LOCKED` (a
 concurrent run skips them instead of sending them again), send them as ONE digest, and mark them
@@ -34,7 +35,8 @@ from app.config import Settings
 
 log = logging.getLogger(__name__)
 
-ALL_NOTIFIERS = "*"
+# Must equal what app.recon.lifecycle queues alerts under (its DEFAULT_NOTIFIERS).
+ALL_NOTIFIERS = "default"
 DEFAULT_MAX_DIGEST = 500
 
 
@@ -172,7 +174,7 @@ _MARK_FAILED = text(
 
 
 def fan_out(conn: Connection, names: Sequence[str], now: datetime) -> int:
-    """Queue every `*` occurrence for each notifier in `names`; returns rows queued."""
+    """Queue every `default` occurrence for each notifier in `names`; returns rows queued."""
     row = conn.execute(_FAN_OUT, {"all": ALL_NOTIFIERS, "names": list(names), "now": now}).one()
     return int(row.fanned)
 

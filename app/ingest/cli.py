@@ -47,7 +47,8 @@ def ingest(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            "--metrics-port", help="Serve /metrics and /healthz here (overrides RECON_METRICS_PORT)."
+            "--metrics-port",
+            help="Serve /metrics and /healthz here (overrides RECON_METRICS_PORT).",
         ),
     ] = None,
 ) -> None:

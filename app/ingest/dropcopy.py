@@ -275,6 +275,9 @@ class DropCopyConsumer:
             )
             await asyncio.sleep(delay)
 
+    async def finish(self) -> None:
+        """Nothing to close: the stored checkpoint is exactly where the stream resumes."""
+
     def _count_reconnect(self, reason: str) -> None:
         self._status.reconnects += 1
         self._metrics.reconnects.labels(self.spec.source, reason).inc()

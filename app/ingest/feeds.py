@@ -6,10 +6,12 @@ websockets answers the server's pings itself and sends its own, so a dead server
 
 Feeds have no replay: whatever was published while we were away is lost. When events flow again
 after an interruption (a disconnect, or this worker not running since its last stored event), the
-window between the last event seen and the first event after is recorded as a gap, so the
-reconciler knows which fills the feed may be missing. Both ends are taken on the feed's own clock
-(event timestamps, one-second resolution), widened by a slack for reordering and for pending
-events stamped before their confirmation.
+window between the feed's low-water mark and the first event after is recorded as a gap, so the
+reconciler knows which fills the feed may be missing. Both ends are on the feed's own clock (event
+timestamps, one-second resolution). The low-water mark is the oldest time among the last few
+dozen events read, not the newest: a feed reorders nearby frames (pending events are stamped
+before their confirmations), so a lost frame may be older than the last one that arrived. A small
+slack widens the window further.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import orjson
@@ -85,24 +87,47 @@ def subscribe_message(spec: FeedSpec) -> bytes:
 
 
 def gap_window(
-    last_seen: datetime | None,
+    mark: datetime | None,
     first_after: datetime,
     outage: timedelta | None,
     slack: timedelta,
 ) -> tuple[datetime, datetime] | None:
     """The window a feed interruption may have lost, or None if nothing can have been lost.
 
-    `last_seen` is the newest event time before the interruption, `first_after` the first after
-    it, `outage` how long we were disconnected by the wall clock (None when unknown). A feed
-    that starts again well before `last_seen` replays (test venues do): nothing was lost.
+    `mark` is the feed's low-water mark before the interruption, `first_after` the first event
+    time after it, `outage` how long we were disconnected by the wall clock (None when unknown).
+    A feed that starts again well before the mark replays (test venues do): nothing was lost.
     """
-    if last_seen is None:
+    if mark is None:
         if outage is None:
             return None
         return first_after - outage - slack, first_after + slack
-    if first_after < last_seen - slack:
+    if first_after < mark - slack:
         return None
-    return last_seen - slack, first_after + slack
+    return mark - slack, first_after + slack
+
+
+class LowWaterMark:
+    """The oldest of (at least) the last `block` event times, in O(1) per event."""
+
+    def __init__(self, stored: datetime | None = None, block: int = 32) -> None:
+        self._stored = stored
+        self._block = block
+        self._previous: datetime | None = None
+        self._current: datetime | None = None
+        self._count = 0
+
+    def add(self, when: datetime) -> None:
+        if self._current is None or when < self._current:
+            self._current = when
+        self._count += 1
+        if self._count == self._block:
+            self._previous, self._current, self._count = self._current, None, 0
+
+    @property
+    def value(self) -> datetime | None:
+        seen = [t for t in (self._previous, self._current) if t is not None]
+        return min(seen) if seen else self._stored
 
 
 class _HandshakeFailed(Exception):
@@ -132,14 +157,14 @@ class FeedConsumer:
         self._rng = rng or random.Random()
         self._status = sink.status
         self._backoff = BackoffState()
-        self._last_seen: datetime | None = None
+        self._mark = LowWaterMark()
         # Set while events may have been missed: (why, wall-clock start of the outage or None).
         self._interrupted: tuple[str, float | None] | None = None
 
     async def run(self) -> None:
         stored = await self._sink.call(lambda w: w.load_checkpoint(self.key))
         if stored is not None and stored.last_event_time is not None:
-            self._last_seen = stored.last_event_time
+            self._mark = LowWaterMark(stored.last_event_time)
             self._interrupted = (NOT_RUNNING, None)
         while True:
             reason = "closed"
@@ -164,9 +189,11 @@ class FeedConsumer:
             except (ConnectionClosed, InvalidHandshake, _HandshakeFailed, OSError) as exc:
                 reason = type(exc).__name__
                 log.info("%s: connection lost (%s)", self.key, exc)
-            finally:
+                # Not on cancellation: a stopping worker leaves its checkpoint, and the next
+                # run records the window from there.
                 if self._status.connected and self._interrupted is None:
                     self._interrupted = (DISCONNECTED, time.time())
+            finally:
                 self._status.connected = False
                 self._metrics.connected.labels(self.spec.source).set(0)
             self._status.reconnects += 1
@@ -245,18 +272,34 @@ class FeedConsumer:
                 elif isinstance(frame, parse.Error):
                     log.warning("%s: the feed reports an error: %s", self.key, frame.message)
                 # Handshake frames after the ack (another ack, a hello) carry no data.
-            await sink.put(events, dead, Checkpoint(self.key, None, self._last_seen))
+            # The mark, not the newest time, so a restart's gap also covers reordered frames.
+            await sink.put(events, dead, Checkpoint(self.key, None, self._mark.value))
 
     async def _on_event_time(self, when: datetime) -> None:
         if self._interrupted is not None:
             why, since = self._interrupted
             self._interrupted = None
             outage = None if since is None else timedelta(seconds=time.time() - since)
-            window = gap_window(self._last_seen, when, outage, self._settings.gap_slack)
+            window = gap_window(self._mark.value, when, outage, self._settings.gap_slack)
             if window is not None:
                 await self._record_gap(window, why)
-        if self._last_seen is None or when > self._last_seen:
-            self._last_seen = when
+        self._mark.add(when)
+
+    async def finish(self) -> None:
+        """At shutdown: an interruption no event has closed yet may have lost events up to now."""
+        if self._interrupted is None:
+            return
+        why, since = self._interrupted
+        self._interrupted = None
+        slack = self._settings.gap_slack
+        mark = self._mark.value
+        if mark is not None:
+            start = mark - slack
+        elif since is not None:
+            start = datetime.fromtimestamp(since, UTC) - slack
+        else:
+            return
+        await self._record_gap((start, max(datetime.now(UTC), start)), why)
 
     async def _record_gap(self, window: tuple[datetime, datetime], why: str) -> None:
         start, end = window

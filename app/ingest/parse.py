@@ -13,7 +13,7 @@ four times slower per frame before any validation, which the 30,000 events/s bud
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -118,7 +118,7 @@ def _timestamp(ts: Timestamp, path: str) -> datetime:
     if not 0 <= ts.seconds <= MAX_EPOCH_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
         raise Rejected(f"{path} out of range: seconds={ts.seconds} nanos={ts.nanos}")
     # Postgres keeps microseconds; the nanoseconds below that are dropped, not rounded.
-    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    return EPOCH + timedelta(0, ts.seconds, ts.nanos // 1000)
 
 
 def _trade_date(td: trading_pb2.TradeDate, path: str) -> date:
@@ -269,13 +269,12 @@ OutcomeIndex = Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]
 # Amounts are typed Any so the decoder's float_hook makes them exact Decimals (a typed Decimal
 # field would also accept a JSON string); _amount() then insists on a JSON number.
 Amount = Any
-# Hex and digit strings are checked by _hex() and _token_id(), not by a msgspec `pattern`: its
-# regexes cost twice as much as all the rest of the decoding.
-HASH_DIGITS = 64  # tx hashes, order hashes, condition ids and other bytes32 values
-ADDRESS_DIGITS = 40
-LOG_INDEX_DIGITS = 15  # at most 2^60 - 1, so it fits a bigint
-TOKEN_ID_DIGITS = 78  # a uint256 in decimal
-HEX_DIGITS = "0123456789abcdefABCDEF"
+# Hex and digit strings are checked by precompiled regexes here, not by a msgspec `pattern`,
+# which costs more than all the rest of the decoding together.
+HASH = re.compile(r"0x[0-9a-fA-F]{64}")  # tx and order hashes, condition ids, other bytes32
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+LOG_INDEX = re.compile(r"0x[0-9a-fA-F]{1,15}")  # at most 2^60 - 1, so it fits a bigint
+TOKEN_ID = re.compile(r"[0-9]{1,78}")  # a uint256 in decimal
 
 
 class _Connected(msgspec.Struct, tag_field="type", tag="connected"):
@@ -368,29 +367,24 @@ _ORDERS = msgspec.json.Decoder(_Connected | _Ack | _Error | _OrdersEvent, float_
 _TRADES = msgspec.json.Decoder(_Connected | _Ack | _Error | _TradeMessage, float_hook=Decimal)
 
 
-@dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True, gc=False):
     """The server's hello; subscribe after it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(msgspec.Struct, frozen=True, gc=False):
     subscription_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(msgspec.Struct, frozen=True, gc=False):
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class OrdersEvent:
+class OrdersEvent(msgspec.Struct, frozen=True, gc=False):
     subscription_id: str
     event: OrderFilledEvent | FeeRefundEvent
 
 
-@dataclass(frozen=True, slots=True)
-class TradeMessage:
+class TradeMessage(msgspec.Struct, frozen=True, gc=False):
     subscription_id: str
     event: FeedTradeEvent
 
@@ -398,17 +392,21 @@ class TradeMessage:
 OrdersFrame = Connected | Ack | Error | OrdersEvent
 TradesFrame = Connected | Ack | Error | TradeMessage
 
+ONE = Decimal(1)
 JSON_TYPES: dict[type, str] = {type(None): "null", bool: "bool", str: "string", list: "array"}
 
 
 def _amount(value: object, path: str, *, at_most: Decimal | None = None) -> Decimal:
     """An exact, non-negative JSON number of a sane size."""
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+    if type(value) is Decimal:
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:
+            raise Rejected(f"{path} has more than {MAX_DECIMAL_PLACES} decimal places: {value}")
+        amount = value
+    elif type(value) is int:
+        amount = Decimal(value)
+    else:
         raise Rejected(f"{path}: expected a number, got {JSON_TYPES.get(type(value), 'object')}")
-    amount = Decimal(value)
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:
-        raise Rejected(f"{path} has more than {MAX_DECIMAL_PLACES} decimal places: {value}")
     if amount.adjusted() > MAX_DECIMAL_ADJUSTED_EXPONENT:
         raise Rejected(f"{path} out of range: {value}")
     if amount < 0:
@@ -419,22 +417,22 @@ def _amount(value: object, path: str, *, at_most: Decimal | None = None) -> Deci
 
 
 def _price(value: object) -> Decimal:
-    return _amount(value, "data.price", at_most=Decimal(1))
+    return _amount(value, "data.price", at_most=ONE)
 
 
-def _hex(value: str, digits: int, path: str) -> str:
-    """`0x` and exactly `digits` hex digits, lower-cased so providers that differ in case join."""
-    if len(value) != digits + 2 or value[:2] != "0x" or value[2:].strip(HEX_DIGITS):
-        raise Rejected(f"{path} is not 0x and {digits} hex digits: {value[:80]!r}")
+def _hex(pattern: re.Pattern[str], value: str, path: str) -> str:
+    """Lower-cased, so providers that differ in case still join."""
+    if pattern.fullmatch(value) is None:
+        raise Rejected(f"{path} is not {pattern.pattern}: {value[:80]!r}")
     return value.lower()
 
 
-def _optional_hex(value: str | None, digits: int, path: str) -> str | None:
-    return None if value is None else _hex(value, digits, path)
+def _optional_hex(pattern: re.Pattern[str], value: str | None, path: str) -> str | None:
+    return None if value is None else _hex(pattern, value, path)
 
 
 def _token_id(value: str, path: str) -> str:
-    if not (0 < len(value) <= TOKEN_ID_DIGITS and value.isascii() and value.isdigit()):
+    if TOKEN_ID.fullmatch(value) is None:
         raise Rejected(f"{path} is not a uint256 in decimal: {value[:80]!r}")
     return value
 
@@ -446,16 +444,11 @@ def _optional_token_id(value: str | None, path: str) -> str | None:
 def _log_index(value: str | None) -> int:
     if value is None:
         raise Rejected("data.log_index missing on a confirmed event")
-    digits = value[2:]
-    if not 0 < len(digits) <= LOG_INDEX_DIGITS or value[:2] != "0x" or digits.strip(HEX_DIGITS):
-        raise Rejected(
-            f"data.log_index is not 0x and 1 to {LOG_INDEX_DIGITS} hex digits: {value[:80]!r}"
-        )
-    return int(digits, 16)
+    return int(_hex(LOG_INDEX, value, "data.log_index"), 16)
 
 
 def _epoch(seconds: int) -> datetime:
-    return EPOCH + timedelta(seconds=seconds)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _no_nul(data: msgspec.Struct) -> None:
@@ -511,17 +504,17 @@ def _order_filled(d: _OrderFilled, raw: bytes) -> OrderFilledEvent:
     return OrderFilledEvent(
         business_date=event_time.date(),
         status=d.status,
-        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
+        tx_hash=_hex(HASH, d.tx_hash, "data.tx_hash"),
         # A pending event has no place in a block yet, whatever the frame says.
         log_index=_log_index(d.log_index) if d.status == "confirmed" else None,
-        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
+        order_hash=_hex(HASH, d.order_hash, "data.order_hash"),
         token_id=_token_id(d.token_id, "data.token_id"),
         token_label=d.token_label,
         complement_token_id=_optional_token_id(d.complement_token_id, "data.complement_token_id"),
         complement_token_label=d.complement_token_label,
         side=d.side,
         market_slug=d.market_slug,
-        condition_id=_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        condition_id=_hex(HASH, d.condition_id, "data.condition_id"),
         market_id=d.market_id,
         title=d.title,
         outcome=d.outcome,
@@ -531,12 +524,12 @@ def _order_filled(d: _OrderFilled, raw: bytes) -> OrderFilledEvent:
         shares_normalized=shares_normalized,
         price=_price(d.price),
         fee=_amount(d.fee, "data.fee"),
-        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
-        taker_address=_hex(d.taker, ADDRESS_DIGITS, "data.taker"),
+        user_address=_hex(ADDRESS, d.user, "data.user"),
+        taker_address=_hex(ADDRESS, d.taker, "data.taker"),
         role=d.role,
         version=d.version,
-        builder=_optional_hex(d.builder, HASH_DIGITS, "data.builder"),
-        metadata=_optional_hex(d.metadata, HASH_DIGITS, "data.metadata"),
+        builder=_optional_hex(HASH, d.builder, "data.builder"),
+        metadata=_optional_hex(HASH, d.metadata, "data.metadata"),
         event_time=event_time,
         raw=raw,
     )
@@ -544,11 +537,11 @@ def _order_filled(d: _OrderFilled, raw: bytes) -> OrderFilledEvent:
 
 def _fee_refund(d: _FeeRefund, raw: bytes) -> FeeRefundEvent:
     return FeeRefundEvent(
-        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
-        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
-        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
+        tx_hash=_hex(HASH, d.tx_hash, "data.tx_hash"),
+        order_hash=_hex(HASH, d.order_hash, "data.order_hash"),
+        user_address=_hex(ADDRESS, d.user, "data.user"),
         token_id=_optional_token_id(d.token_id, "data.token_id"),
-        condition_id=_optional_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        condition_id=_optional_hex(HASH, d.condition_id, "data.condition_id"),
         market_slug=d.market_slug,
         title=d.title,
         refund=_amount(d.refund, "data.refund"),
@@ -565,10 +558,10 @@ def _feed_trade(d: _LegacyTrade, raw: bytes) -> FeedTradeEvent:
     event_time = _epoch(d.timestamp)
     return FeedTradeEvent(
         business_date=event_time.date(),
-        tx_hash=_hex(d.tx_hash, HASH_DIGITS, "data.tx_hash"),
-        order_hash=_hex(d.order_hash, HASH_DIGITS, "data.order_hash"),
+        tx_hash=_hex(HASH, d.tx_hash, "data.tx_hash"),
+        order_hash=_hex(HASH, d.order_hash, "data.order_hash"),
         asset_id=_token_id(d.asset_id, "data.asset_id"),
-        condition_id=_hex(d.condition_id, HASH_DIGITS, "data.condition_id"),
+        condition_id=_hex(HASH, d.condition_id, "data.condition_id"),
         market_slug=d.market_slug,
         title=d.title,
         outcome=d.outcome,
@@ -580,8 +573,8 @@ def _feed_trade(d: _LegacyTrade, raw: bytes) -> FeedTradeEvent:
             else _amount(d.shares_normalized, "data.shares_normalized")
         ),
         price=_price(d.price),
-        user_address=_hex(d.user, ADDRESS_DIGITS, "data.user"),
-        taker_address=_hex(d.taker, ADDRESS_DIGITS, "data.taker"),
+        user_address=_hex(ADDRESS, d.user, "data.user"),
+        taker_address=_hex(ADDRESS, d.taker, "data.taker"),
         event_time=event_time,
         feed_source=d.source,
         raw=raw,

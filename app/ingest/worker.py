@@ -137,6 +137,7 @@ class IngestWorker:
         self.idle_exit = False
         self._fatal: BaseException | None = None
         self._started = time.monotonic()
+        self.metrics_port: int | None = None
 
     # -- building -----------------------------------------------------------------------------
 
@@ -221,6 +222,7 @@ class IngestWorker:
                         self.health,
                     )
                 )
+                self.metrics_port = server.port
                 log.info("metrics and /healthz on %s:%d", self.config.metrics_host, server.port)
             try:
                 if channel is not None and self._tokens is not None:
@@ -266,6 +268,10 @@ class IngestWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         for source in self.sources.values():
             try:
+                if source.status.failure is None:
+                    await asyncio.wait_for(
+                        source.consumer.finish(), timeout=self.config.shutdown_deadline
+                    )
                 await source.sink.close(self.config.shutdown_deadline)
             except WriteAbandoned as exc:
                 log.error("%s", exc)

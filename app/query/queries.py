@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from app.db.base import FeeScope, FeeSource
+
 DEFAULT_LIMIT = 1000
 
 
@@ -249,17 +251,11 @@ def trades(conn: Connection, f: TradeFilter) -> ResultSet:
 # --- fees ---------------------------------------------------------------------------------
 
 
-class FeeScope(StrEnum):
-    ACCOUNT = "account"
-    WALLET = "wallet"
-    MARKET = "market"
-
-
 @dataclass(frozen=True, slots=True)
 class FeeFilter:
     scope: FeeScope | None = None
     key: str | None = None
-    source: str | None = None
+    source: FeeSource | None = None
     start_date: date | None = None
     end_date: date | None = None
     total: bool = False
@@ -274,7 +270,7 @@ def fees(conn: Connection, f: FeeFilter) -> ResultSet:
     if f.key is not None:
         where = where.add("scope_key = :key", key=f.key)
     if f.source is not None:
-        where = where.add("source = :source", source=f.source)
+        where = where.add("source = :source", source=str(f.source))
     if f.start_date is not None:
         where = where.add("business_date >= :start_date", start_date=f.start_date)
     if f.end_date is not None:
@@ -314,12 +310,23 @@ SELECT * FROM (
      WHERE o.user_address = :wallet AND {fill_where}
      ORDER BY o.event_time DESC LIMIT :limit)
     UNION ALL
-    (SELECT coalesce(r.event_time, r.received_at), r.business_date, 'fee_refund',
+    (SELECT r.at, r.business_date, 'fee_refund',
             r.tx_hash, r.order_hash, coalesce(r.market_slug, r.condition_id), NULL, NULL,
             NULL, NULL, NULL, r.refund + r.fee_charged, r.refund, r.fee_charged, NULL
-     FROM fee_refund AS r
-     WHERE r.user_address = :wallet AND {refund_where}
-     ORDER BY coalesce(r.event_time, r.received_at) DESC LIMIT :limit)
+     FROM (
+        -- The feed gives refunds no time; they land in the block of the fill they rebate.
+        SELECT f.*, coalesce(f.event_time, fill.event_time, f.received_at) AS at
+        FROM fee_refund AS f
+        LEFT JOIN LATERAL (
+            SELECT o.event_time FROM order_filled AS o
+            WHERE o.business_date = f.business_date AND o.tx_hash = f.tx_hash
+              AND o.order_hash = f.order_hash
+            LIMIT 1
+        ) AS fill ON TRUE
+        WHERE f.user_address = :wallet
+     ) AS r
+     WHERE {refund_where}
+     ORDER BY r.at DESC LIMIT :limit)
 ) AS activity
 ORDER BY at DESC, activity, tx_hash, order_hash
 LIMIT :limit
@@ -341,7 +348,7 @@ def wallet_activity(
     )
     # A refund may carry no timestamp; its business date is the best bound there is.
     refunds = _time_bounds(
-        "coalesce(r.event_time, r.received_at)",
+        "r.at",
         start,
         end,
         slack=timedelta(),

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
+from app.alerts.outbox import ALL_NOTIFIERS
 from app.db.base import BreakStatus
 from app.domain.breaks import (
     AgeBucket,
@@ -38,7 +39,8 @@ from app.domain.breaks import (
 )
 
 RECON_ACTOR = "recon"
-DEFAULT_NOTIFIERS: tuple[str, ...] = ("default",)
+# Alert delivery fans this one row out to every configured notifier (app.alerts.outbox).
+DEFAULT_NOTIFIERS: tuple[str, ...] = (ALL_NOTIFIERS,)
 
 
 class BreakActionError(Exception):
@@ -380,8 +382,8 @@ def act(
             "UPDATE recon_break SET status = :to_status,"
             " resolved_at = CASE WHEN :to_status = 'resolved' THEN CAST(:now AS timestamptz) END,"
             " assignee = coalesce(:assignee, assignee),"
-            " notes = CASE WHEN :note IS NULL THEN notes"
-            "  ELSE concat_ws(E'\\n', notes, :note) END"
+            # concat_ws skips NULLs: no note keeps the notes as they were.
+            " notes = nullif(concat_ws(E'\\n', notes, CAST(:note AS text)), '')"
             " WHERE id = :id"
         ),
         {

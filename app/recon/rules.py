@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, text
 
 from app.db.models import Execution, ReportExecution
@@ -312,6 +313,9 @@ WHERE p.business_date = :business_date AND p.superseded_at IS NULL
 """,
 )
 
+# A taker aggregate that disagrees with its makers is already a chain_maker_taker_mismatch of
+# its transaction (staged by MAKER_TAKER, which runs first); its pending row, built from the
+# makers, then drifts for that same reason — one break per fact, not two.
 PENDING_DRIFT = Rule(
     name="pending_drift",
     kinds=(BreakKind.CHAIN_PENDING_DRIFT,),
@@ -329,6 +333,9 @@ WHERE p.business_date = :business_date AND p.superseded_at IS NOT NULL
   AND (abs(p.shares - c.shares) > :drift_tolerance * abs(c.shares)
     OR abs(p.price - c.price) > :drift_tolerance * abs(c.price)
     OR abs(p.fee - c.fee) > :drift_tolerance * abs(c.fee))
+  AND NOT (p.role = 'taker' AND EXISTS (
+    SELECT 1 FROM recon_found AS f
+    WHERE f.kind = 'chain_maker_taker_mismatch' AND f.key = p.tx_hash))
 ORDER BY p.tx_hash, p.order_hash, c.log_index
 """,
 )
@@ -367,11 +374,22 @@ WHERE l.fill_tx_hash IS NOT NULL
          WHERE o.business_date <= :business_date + 1 AND o.tx_hash = l.tx_hash))
 """
 
+# A refund carries no time; its transaction's does. An orphan whose transaction happened while
+# the orders feed was down may just have lost its fill.
 REFUNDS = Rule(
     name="refunds",
     kinds=(BreakKind.CHAIN_REFUND_ORPHAN, BreakKind.CHAIN_REFUND_ARITHMETIC),
     prepare=(REFUND_LINKS,),
-    query="""
+    query=f"""
+WITH broken AS (
+  SELECT l.*, CASE WHEN l.fill_tx_hash IS NULL THEN coalesce(
+           (SELECT min(o.event_time) FROM order_filled AS o
+            WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash),
+           (SELECT min(p.event_time) FROM order_filled_pending AS p
+            WHERE p.business_date = :business_date AND p.tx_hash = l.tx_hash)) END AS tx_time
+  FROM recon_refund_link AS l
+  WHERE l.fill_tx_hash IS NULL OR l.refund + l.fee_charged <> l.fill_fee
+)
 SELECT DISTINCT ON (kind, l.order_hash)
        CASE WHEN l.fill_tx_hash IS NULL THEN 'chain_refund_orphan'
             ELSE 'chain_refund_arithmetic' END AS kind,
@@ -381,8 +399,8 @@ SELECT DISTINCT ON (kind, l.order_hash)
        jsonb_build_object('refund', l.refund, 'fee_charged', l.fee_charged,
                           'sum', l.refund + l.fee_charged) AS actual,
        jsonb_build_object('tx_hash', l.tx_hash, 'fill_tx_hash', l.fill_tx_hash) AS details
-FROM recon_refund_link AS l
-WHERE l.fill_tx_hash IS NULL OR l.refund + l.fee_charged <> l.fill_fee
+FROM broken AS l
+WHERE l.tx_time IS NULL OR NOT {_in_gap(":gap_orders", "l.tx_time")}
 ORDER BY kind, l.order_hash, l.tx_hash
 """,
 )
@@ -472,7 +490,7 @@ def run_rules(
     their kinds are left out of `evaluated` so the lifecycle does not auto-resolve them.
     """
     conn.execute(text(STAGING))
-    stage_params = {**params, "severities": severity_map()}
+    stage_params = {**params, "severities": orjson.dumps(severity_map()).decode()}
     results: list[RuleResult] = []
     evaluated: list[BreakKind] = []
     for rule in rules:

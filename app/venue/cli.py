@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +20,6 @@ from app.venue.model import DayConfig, default_breaks
 from app.venue.run import Venue, VenueOptions, open_store, serve_until_signal
 
 _DEFAULT_DAY = DayConfig()
-_DEFAULT_DATE = datetime.combine(_DEFAULT_DAY.business_date, datetime.min.time())
 
 
 def parse_breaks(spec: str) -> dict[str, int]:
@@ -44,10 +43,10 @@ def venue(
     seed: Annotated[int, typer.Option(help="Generator seed; equal options give an equal day.")] = (
         _DEFAULT_DAY.seed
     ),
-    date: Annotated[
-        datetime,
-        typer.Option(formats=["%Y-%m-%d"], help="Business date of the simulated day."),
-    ] = _DEFAULT_DATE,
+    business_date: Annotated[
+        str,
+        typer.Option("--date", metavar="YYYY-MM-DD", help="Business date of the simulated day."),
+    ] = _DEFAULT_DAY.business_date.isoformat(),
     scale: Annotated[
         float,
         typer.Option(help="Day size: 1.0 is ~1,000,000 chain events and 200,000 executions."),
@@ -83,10 +82,12 @@ def venue(
     orders_port: Annotated[int, typer.Option(help="Orders channel websocket port.")] = 8765,
     trades_port: Annotated[int, typer.Option(help="Legacy trade feed websocket port.")] = 8766,
     token: Annotated[
-        list[str] | None, typer.Option(help="Accepted gRPC bearer token (repeatable).")
+        list[str] | None,
+        typer.Option(help="Accepted gRPC bearer token (repeatable; default devtoken)."),
     ] = None,
     ws_key: Annotated[
-        list[str] | None, typer.Option(help="Accepted feed API key, /ws/<key> (repeatable).")
+        list[str] | None,
+        typer.Option(help="Accepted feed API key, /ws/<key> (repeatable; default devkey)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Events per DropCopy response.")] = 500,
     pace: Annotated[
@@ -116,7 +117,10 @@ def venue(
     console = Console(stderr=json_output)
     try:
         day = DayConfig(
-            seed=seed, business_date=date.date(), scale=scale, breaks=parse_breaks(breaks)
+            seed=seed,
+            business_date=date.fromisoformat(business_date),
+            scale=scale,
+            breaks=parse_breaks(breaks),
         )
         fault_spec = FaultSpec.parse(faults)
     except ValueError as exc:

@@ -12,7 +12,6 @@ every other fault fired are written to a `FaultLog`, which tests and the e2e har
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,7 +44,7 @@ class FaultSpec:
         spec = spec.strip()
         if spec in {"", "none"}:
             return cls()
-        known = {f.name: f for f in fields(cls)}
+        known = [f.name for f in fields(cls)]
         values: dict[str, int | float | None] = {}
         for item in spec.split(","):
             key, sep, raw = (part.strip() for part in item.partition("="))
@@ -55,11 +54,9 @@ class FaultSpec:
                     + ", ".join(known)
                 )
             values[key] = _parse_value(key, raw)
-        parsed = cls(**values)  # type: ignore[arg-type]  # keys and types checked above
-        parsed.validate()
-        return parsed
+        return cls(**values)  # type: ignore[arg-type]  # keys and types checked above
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("duplicate_rate", "malformed_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
@@ -106,7 +103,11 @@ class FaultRecord:
 
 
 class FaultLog:
-    """Append-only record of injected faults: in memory, and as JSON lines when given a path."""
+    """Append-only record of injected faults: in memory, and as JSON lines when given a path.
+
+    A fault is recorded when it is injected, which can be before the client reads it: a
+    consumer that leaves early may never see the last few recorded ones.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self._lock = threading.Lock()
@@ -140,7 +141,7 @@ def read_fault_log(path: Path) -> Iterator[FaultRecord]:
     """Records of a JSON-lines fault log written by another process (e.g. `recon venue`)."""
     with path.open("rb") as fh:
         for line in fh:
-            obj = json.loads(line)
+            obj = orjson.loads(line)
             channel, kind = obj.pop("channel"), obj.pop("kind")
             yield FaultRecord(channel, kind, obj)
 

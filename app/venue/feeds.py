@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from app.venue.model import FeedName, FeedRow
 
 if TYPE_CHECKING:
     from app.venue.store import VenueStore
+
+log = logging.getLogger(__name__)
 
 _STATUSES = {
     "confirmed": frozenset({"confirmed"}),
@@ -184,7 +187,9 @@ def _control(obj: dict[str, str]) -> bytes:
 @dataclass(slots=True)
 class _Outgoing:
     frame: bytes
-    subscription_id: str | None  # None for control frames (connected, ack, error)
+    # Event frames: the subscription and the filters the event matched; None for control frames.
+    subscription: _Subscription | None = None
+    filters: SubscriptionFilter | None = None
 
 
 class _Subscription:
@@ -231,6 +236,7 @@ class _Timeline:
         self.subscriptions: dict[str, _Subscription] = {}
         self.wake = asyncio.Event()
         self.task = asyncio.create_task(self.run())
+        self.task.add_done_callback(_log_failure)
 
     def add(self, sub: _Subscription) -> None:
         sub.timeline = self
@@ -245,9 +251,12 @@ class _Timeline:
         started: float | None = None
         played = 0
         while True:
-            while not self.subscriptions:
-                self.wake.clear()
-                await self.wake.wait()
+            if not self.subscriptions:
+                while not self.subscriptions:
+                    self.wake.clear()
+                    await self.wake.wait()
+                # A paused timeline resumes at its pace, not in a burst to catch up.
+                started, played = None, 0
             rows = await asyncio.to_thread(
                 self.feed.spec.read, self.feed.store, self.after, self.feed.options.read_rows
             )
@@ -259,13 +268,20 @@ class _Timeline:
                     break
                 for sub in tuple(self.subscriptions.values()):
                     if sub.filters.matches(row):
-                        await sub.connection.put(_Outgoing(sub.prefix + row.data + b"}", sub.sid))
+                        await sub.connection.put(
+                            _Outgoing(sub.prefix + row.data + b"}", sub, sub.filters)
+                        )
                 self.after = row.seq
                 played += 1
                 if pace:
                     delay = started + played / pace - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("feed timeline stopped: its subscribers hear nothing more", exc_info=exc)
 
 
 class FeedServer:
@@ -297,6 +313,9 @@ class FeedServer:
             process_request=self._check_key,
             ping_interval=self.options.ping_interval_s,
             ping_timeout=self.options.ping_timeout_s,
+            # Loopback JSON does not need deflate, and compressing every frame costs more CPU
+            # than everything else the feed does.
+            compression=None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
@@ -325,7 +344,7 @@ class FeedServer:
         )
         writer = asyncio.create_task(self._write(conn))
         try:
-            await conn.put(_Outgoing(_control({"type": "connected"}), None))
+            await conn.put(_Outgoing(_control({"type": "connected"})))
             async for message in ws:
                 await self._on_request(conn, message)
         except ConnectionClosed:
@@ -346,7 +365,7 @@ class FeedServer:
                 sub = _Subscription(sid, request.filters, conn, self.spec.message_type)
                 conn.subscriptions[sid] = sub
                 # The ack is queued before the subscription joins a timeline, so it comes first.
-                await conn.put(_Outgoing(_control({"type": "ack", "subscription_id": sid}), None))
+                await conn.put(_Outgoing(_control({"type": "ack", "subscription_id": sid})))
                 self._attach(sub)
                 return
             sub_or_none = conn.subscriptions.get(request.subscription_id)
@@ -358,9 +377,9 @@ class FeedServer:
                 del conn.subscriptions[request.subscription_id]
                 self._detach(sub_or_none)
             ack = {"type": "ack", "subscription_id": request.subscription_id}
-            await conn.put(_Outgoing(_control(ack), None))
+            await conn.put(_Outgoing(_control(ack)))
         except RequestError as exc:
-            await conn.put(_Outgoing(_control({"type": "error", "message": str(exc)}), None))
+            await conn.put(_Outgoing(_control({"type": "error", "message": str(exc)})))
 
     def _attach(self, sub: _Subscription) -> None:
         if self._live is not None:
@@ -387,7 +406,7 @@ class FeedServer:
             while True:
                 item = pending or await conn.outbox.get()
                 pending = None
-                if item.subscription_id is None:
+                if item.subscription is None:
                     await conn.ws.send(item.frame, text=True)
                     continue
                 window = [item]
@@ -408,13 +427,22 @@ class FeedServer:
                 )
             except TimeoutError:
                 return None
-            if item.subscription_id is None:
+            if item.subscription is None:
                 return item
             window.append(item)
         return None
 
     async def _send_event(self, conn: _Connection, plan: FaultPlan, event: _Outgoing) -> bool:
         """Send one event frame with its faults; False once the fault plan cut the connection."""
+        sub = event.subscription
+        if (
+            sub is None
+            or conn.subscriptions.get(sub.sid) is not sub
+            or sub.filters is not event.filters
+        ):
+            # Unsubscribed or updated since the event was queued: the ack already told the
+            # client that the old subscription is over.
+            return True
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         await conn.ws.send(event.frame, text=True)
@@ -422,8 +450,7 @@ class FeedServer:
             plan.log.record(plan.channel, "duplicate", connection=plan.ordinal)
             await conn.ws.send(event.frame, text=True)
         if plan.malformed():
-            sid = event.subscription_id or ""
-            await conn.ws.send(plan.malformed_frame(self.spec.message_type, sid), text=True)
+            await conn.ws.send(plan.malformed_frame(self.spec.message_type, sub.sid), text=True)
         cut = plan.count(1)
         if cut == "disconnect":
             await conn.ws.close(1012, "injected disconnect")

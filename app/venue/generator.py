@@ -57,7 +57,7 @@ from app.venue.model import (
 from polymarket.v1 import enums_pb2 as pb
 
 # Calibrated so that scale 1.0 gives about 200,000 executions and 1,000,000 orders-feed events.
-ORDERS_AT_SCALE_1 = 86_000
+ORDERS_AT_SCALE_1 = 78_500
 CHAIN_EVENTS_AT_SCALE_1 = 1_000_000
 
 CTF_EXCHANGE = "0x4bfb41d5b3570defd03c39a9a4d8de6bd8b8982e"

@@ -43,12 +43,15 @@ if TYPE_CHECKING:
 DROPCOPY_SERVICE = "polymarket.v1.DropCopyAPI"
 REPORT_SERVICE = "polymarket.v1.ReportAPI"
 PARTICIPANT_ID = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
+# gRPC clients refuse messages over 4 MiB by default, so a page of 10,000 trades is cut short
+# (with a next_page_token), as a real server bounds its pages in bytes too.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class GrpcOptions:
     tokens: frozenset[str] = frozenset({"devtoken"})  # accepted bearer tokens
-    batch_size: int = 500  # events per DropCopy response
+    batch_size: int = 500  # events per DropCopy response (500 trades are ~250 kB)
     pace_events_per_s: float | None = None  # None = as fast as the client reads
     report_requests_per_min: int = 12  # Report API search calls per token per minute
     max_streams_per_token: int = 20
@@ -257,6 +260,8 @@ class VenueGrpc:
     async def _start_after(
         self, spec: _StreamSpec, request: Any, digest: bytes, context: Context
     ) -> int:
+        """The seq to serve after: the resume token's when given (it is the more precise
+        position), else the first event at or after resume_time, else the start of the day."""
         if request.resume_token:
             try:
                 return self.signer.read_resume_token(
@@ -289,11 +294,17 @@ class VenueGrpc:
     ) -> AsyncIterator[bytes]:
         """Responses from `after` to the end of the stored day, with this stream's faults."""
         pace = self.options.pace_events_per_s
+        # Paced, a response carries about a tenth of a second of events, not one long burst.
+        limit = (
+            self.options.batch_size
+            if not pace
+            else max(1, min(self.options.batch_size, int(pace / 10)))
+        )
         started = time.monotonic()
         sent = 0
         while not self.stopping.is_set():
             rows = await asyncio.to_thread(
-                self.store.stream, spec.name, after, symbols, firms, self.options.batch_size
+                self.store.stream, spec.name, after, symbols, firms, limit
             )
             if not rows:
                 return
@@ -367,6 +378,9 @@ class VenueGrpc:
             except TokenError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         payloads, next_key = await asyncio.to_thread(query, after_key, page_size)
+        while page_size > 1 and sum(map(len, payloads)) > MAX_RESPONSE_BYTES:
+            page_size //= 2
+            payloads, next_key = await asyncio.to_thread(query, after_key, page_size)
         response = _repeated(1, payloads)
         if next_key is not None:
             response += _field(2, self.signer.page_token(search, next_key, digest).encode())
@@ -490,14 +504,14 @@ class GrpcEndpoint:
 
 async def start_grpc(venue: VenueGrpc, host: str, port: int) -> GrpcEndpoint:
     """Bind and start the gRPC server (port 0 = ephemeral) with health and reflection."""
-    server = grpc.aio.server(handlers=venue.handlers())
+    # Without SO_REUSEPORT a second venue on a taken port fails loudly instead of silently
+    # sharing the port (and the clients) with the first.
+    server = grpc.aio.server(handlers=venue.handlers(), options=[("grpc.so_reuseport", 0)])
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)  # type: ignore[no-untyped-call]  # generated, unstubbed
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = (DROPCOPY_SERVICE, REPORT_SERVICE, reflection.SERVICE_NAME, "grpc.health.v1.Health")
     reflection.enable_server_reflection(services, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC server to {host}:{port}")
+    bound = server.add_insecure_port(f"{host}:{port}")  # raises RuntimeError when taken
     await server.start()
     for name in ("", DROPCOPY_SERVICE, REPORT_SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -59,7 +59,7 @@ def open_store(
 
 
 def _derived_secret(store: VenueStore) -> bytes:
-    return hashlib.sha256(b"polyrecon-venue-tokens:" + store.config.config_hash().encode()).digest()
+    return hashlib.sha256(b"polyrecon-venue-tokens:" + store.config_hash.encode()).digest()
 
 
 class Venue:

@@ -3,9 +3,16 @@ auth, limits, health and injected faults."""
 
 from __future__ import annotations
 
+import json
+import select
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +20,8 @@ import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from app.venue.faults import FaultSpec
+from app.venue import grpc_server
+from app.venue.faults import FaultRecord, FaultSpec, read_fault_log
 from app.venue.grpc_server import GrpcOptions
 from app.venue.run import VenueHandle, VenueOptions, serve_store
 from polymarket.v1 import (
@@ -25,7 +33,7 @@ from polymarket.v1 import (
     trading_pb2,
 )
 
-from ._venue_day import VenueStore, small_store
+from ._venue_day import DAY, VenueStore, small_store
 
 AUTH = (("authorization", "Bearer devtoken"),)
 MD = (*AUTH, ("x-participant-id", "firms/F1/users/alice"))
@@ -158,6 +166,7 @@ def test_each_stream_serves_the_stored_day_in_order(
     assert len(want) == store.stream_length(name)  # type: ignore[arg-type]
     got = read(open_stream(channel, case), case, len(want))
     assert got.items == want
+    assert len(got.items) == store.truth()["counts"][name]  # type: ignore[index]
     assert max(got.batch_sizes) <= 250
 
 
@@ -166,14 +175,24 @@ def test_stream_stays_open_and_silent_after_the_day(
 ) -> None:
     case = CASES["instrument_states"]
     want = store.stream_length("instrument_states")
-    call = open_stream(channel, case, timeout=1.5)
     items: list[Message] = []
-    with pytest.raises(grpc.RpcError) as info:
-        for response in call:
-            items.extend(getattr(response, case.items))
+    code = consume(open_stream(channel, case, timeout=0.8), lambda r: items.extend(r.instruments))
     # Neither more data nor an end of stream: the client's deadline is what ends it.
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(items) == want
+
+
+def consume(call: Any, take: Callable[[Any], object]) -> grpc.StatusCode | None:
+    """Hand each response to `take` until it returns True (then cancel: None) or the stream
+    fails (its status code)."""
+    try:
+        for response in call:
+            if take(response) is True:
+                call.cancel()
+                return None
+    except grpc.RpcError as exc:
+        return exc.code()
+    pytest.fail("a DropCopy stream ended with OK")
 
 
 @pytest.mark.parametrize("name", ["executions", "trade_captures", "position_changes"])
@@ -208,9 +227,7 @@ def test_resume_token_continues_with_no_gap(store: VenueStore, channel: grpc.Cha
     # Resume from a token in the middle of what was read: at least once, never a gap.
     k = len(first.tokens) // 2
     seen = sum(first.batch_sizes[: k + 1])
-    rest = read(
-        open_stream(channel, case, resume_token=first.tokens[k]), case, len(want) - seen
-    )
+    rest = read(open_stream(channel, case, resume_token=first.tokens[k]), case, len(want) - seen)
     assert first.items[:seen] + rest.items == want
 
 
@@ -233,12 +250,12 @@ def test_resume_time_starts_at_the_first_event_at_or_after_it(
 
 def test_expired_token_is_failed_precondition(store: VenueStore) -> None:
     case = CASES["executions"]
-    options = VenueOptions(faults=FaultSpec(token_ttl_s=0.3))
+    options = VenueOptions(faults=FaultSpec(token_ttl_s=1.0))
     with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
         token = read(open_stream(ch, case), case, 1).tokens[0]
         fresh = read(open_stream(ch, case, resume_token=token), case, 1)
         assert fresh.items, "a fresh token resumes"
-        time.sleep(0.5)
+        time.sleep(1.1)
         code, details = code_of(open_stream(ch, case, resume_token=token))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "resume token expired" in details
@@ -290,7 +307,7 @@ def test_stream_limit_per_token(store: VenueStore) -> None:
         open_calls = [open_stream(ch, case, metadata=AUTH) for _ in range(2)]
         for call in open_calls:
             next(call)  # both are being served
-        code, details = code_of(open_stream(ch, case, metadata=AUTH))
+        code, _ = code_of(open_stream(ch, case, metadata=AUTH))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         open_calls[0].cancel()
         deadline = time.monotonic() + 5
@@ -426,43 +443,129 @@ def test_report_rate_limit(store: VenueStore) -> None:
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_faults_disconnect_duplicate_reorder_malformed(store: VenueStore) -> None:
-    """A consumer that resumes on UNAVAILABLE and dedupes by id still gets the exact day; the
-    malformed executions it sees are exactly those in the fault log."""
+@dataclass
+class FaultyRun:
+    by_id: dict[str, Message]
+    malformed: set[str]
+    disconnects: int
+    records: list[FaultRecord]
+
+
+def consume_with_faults(store: VenueStore, spec: FaultSpec, want: int) -> FaultyRun:
+    """A consumer that resumes on UNAVAILABLE from its last token and dedupes by id."""
     case = CASES["executions"]
-    spec = FaultSpec(
-        disconnect_every=400, duplicate_rate=0.2, reorder_window=5, malformed_rate=0.02, seed=3
-    )
     options = VenueOptions(grpc=GrpcOptions(batch_size=100), faults=spec)
-    want = expected(store, case)
+    run = FaultyRun({}, set(), 0, [])
+    tokens = [b""]
+
+    def take(response: Any) -> bool:
+        for e in response.executions:
+            if e.type not in enums_pb2.ExecutionType.values() or e.last_shares < 0:
+                run.malformed.add(e.id)
+            else:
+                run.by_id[e.id] = e
+        tokens.append(response.resume_token)
+        return len(run.by_id) == want
+
     with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
-        by_id: dict[str, Message] = {}
-        malformed: set[str] = set()
-        token = b""
-        disconnects = 0
         for _ in range(1000):
-            call = open_stream(ch, case, resume_token=token)
-            try:
-                for response in call:
-                    for e in response.executions:
-                        if e.type not in enums_pb2.ExecutionType.values() or e.last_shares < 0:
-                            malformed.add(e.id)
-                        else:
-                            by_id[e.id] = e
-                    token = response.resume_token
-                    if len(by_id) == len(want):
-                        break
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE
-                disconnects += 1
-                continue
-            call.cancel()
-            break
-        log = venue.fault_log
-        # The server may log the cut after the last batch the client needed, then hang up.
-        assert len(log.records(kind="disconnect")) in {disconnects, disconnects + 1}
-        assert disconnects >= len(want) // 400 - 1
-        assert log.records(kind="duplicate")
-        assert malformed == {str(r.detail["execution_id"]) for r in log.records(kind="malformed")}
-        assert malformed
-    assert sorted(by_id.values(), key=lambda e: e.id) == sorted(want, key=lambda e: e.id)  # type: ignore[attr-defined]
+            code = consume(open_stream(ch, case, resume_token=tokens[-1]), take)
+            if code is None:
+                break
+            assert code == grpc.StatusCode.UNAVAILABLE
+            run.disconnects += 1
+        run.records = venue.fault_log.records()
+    return run
+
+
+def test_faults_disconnect_duplicate_reorder_malformed(store: VenueStore) -> None:
+    """Through every fault the consumer still gets the exact day; the malformed executions it
+    sees are exactly those in the fault log; the same seed injects the same faults."""
+    want = expected(store, CASES["executions"])
+    spec = FaultSpec.parse(
+        "disconnect_every=400,duplicate_rate=0.2,reorder_window=5,malformed_rate=0.02,seed=3"
+    )
+    run = consume_with_faults(store, spec, len(want))
+    assert sorted(run.by_id.values(), key=by_id) == sorted(want, key=by_id)
+    kinds = Counter(r.kind for r in run.records)
+    # The server may log a cut after the last batch the client needed, then hang up.
+    assert kinds["disconnect"] in {run.disconnects, run.disconnects + 1}
+    assert run.disconnects >= len(want) // 400 - 1
+    assert kinds["duplicate"] > 0
+    assert run.malformed == {
+        str(r.detail["execution_id"]) for r in run.records if r.kind == "malformed"
+    }
+    assert run.malformed
+    again = consume_with_faults(store, spec, len(want))
+    assert again.records == run.records
+    other_seed = consume_with_faults(store, replace(spec, seed=4), len(want))
+    assert other_seed.records != run.records
+
+
+def by_id(message: Any) -> str:
+    return str(message.id)
+
+
+def test_report_pages_are_cut_to_what_a_client_accepts(
+    store: VenueStore, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(grpc_server, "MAX_RESPONSE_BYTES", 20_000)
+    report = report_pb2_grpc.ReportAPIStub(channel)
+    first = report.SearchTrades(
+        report_pb2.SearchTradesRequest(page_size=10_000), metadata=MD, timeout=5
+    )
+    assert first.next_page_token
+    assert 0 < first.ByteSize() <= 20_000 + 200
+    got = page_through(
+        report.SearchTrades, report_pb2.SearchTradesRequest(page_size=10_000), "trades"
+    )
+    whole, _ = store.search_trades(
+        start_us=None,
+        end_us=None,
+        symbol=None,
+        accounts=[],
+        trade_ids=[],
+        states=[],
+        after_key=None,
+        limit=10**7,
+    )
+    assert [t.SerializeToString() for t in got] == whole
+
+
+def test_recon_venue_command_serves_until_sigterm(
+    store: VenueStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    truth, faults_log = tmp_path / "truth.json", tmp_path / "faults.jsonl"
+    args = [
+        *("--faults", "malformed_rate=0.5,seed=1", "--faults-log", str(faults_log)),
+        *("--seed", str(DAY.seed), "--scale", str(DAY.scale), "--date", str(DAY.business_date)),
+        *("--store", str(tmp_path_factory.getbasetemp() / "venue-day"), "--truth", str(truth)),
+        *("--grpc-port", "0", "--orders-port", "0", "--trades-port", "0", "--json"),
+    ]
+    command = "import typer; from app.venue.cli import venue; typer.run(venue)"
+    with subprocess.Popen(
+        [sys.executable, "-c", command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "the venue never announced its endpoints"
+            endpoints = json.loads(proc.stdout.readline())
+            with grpc.insecure_channel(endpoints["grpc_target"]) as ch:
+                health = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+                first = next(open_stream(ch, CASES["executions"]))
+            malformed = [e.id for e in first.executions if e.id.startswith("MALFORMED-")]
+            assert endpoints["orders_url"].startswith("ws://127.0.0.1:")
+            assert json.loads(truth.read_bytes()) == store.truth()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            logged = [r for r in read_fault_log(faults_log) if r.kind == "malformed"]
+            assert malformed
+            # Logged when built: the server may have prepared batches the client never read.
+            assert [r.detail["execution_id"] for r in logged][: len(malformed)] == malformed
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -1,0 +1,229 @@
+"""Benchmark `recon ingest` end to end on loopback: venue process -> worker process -> Postgres.
+
+For each source set (executions alone, the orders feed alone, everything at once) a fresh
+database gets a whole simulated day ingested by a worker subprocess. Prints per source: events,
+events/s (from the commit times in the database), the rate of a raw psycopg COPY of the very
+same rows into a plain table in this run, the ratio, and the worker's peak RSS.
+
+    .venv/bin/python scripts/bench_ingest.py --scale 0.1      # ~100k chain events
+    .venv/bin/python scripts/bench_ingest.py --scale 5 --runs all   # ~5M chain events
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.db.migrate import upgrade  # noqa: E402 - after the path fix for running as a script
+
+TOKEN = "bench-token-0123456789"
+KEY = "benchkey"
+PARTICIPANT = "firms/F1/users/bench"
+RUNS = {
+    "executions": ["dropcopy.executions"],
+    "orders": ["feed.orders"],
+    "all": [],
+}
+TABLES = {
+    "dropcopy.executions": ["execution"],
+    "dropcopy.trade_captures": ["trade_capture_state"],
+    "dropcopy.instrument_states": ["instrument_state_change"],
+    "dropcopy.position_changes": ["position_change"],
+    "feed.orders": ["order_filled", "order_filled_pending", "fee_refund"],
+    "feed.trades": ["feed_trade"],
+}
+
+
+def _python(module_fn: str) -> list[str]:
+    module, fn = module_fn.rsplit(":", 1)
+    return [sys.executable, "-c", f"import typer; from {module} import {fn}; typer.run({fn})"]
+
+
+@dataclass
+class Measured:
+    source: str
+    events: int
+    seconds: float
+    raw_copy_rows_per_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(server: str, template: str | None = None) -> str:
+    name = f"recon_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq(server), autocommit=True) as conn:
+        suffix = f" TEMPLATE {template}" if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+    return name
+
+
+def drop_database(server: str, name: str) -> None:
+    with psycopg.connect(libpq(server), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_database(server: str, name: str) -> str:
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def start_venue(
+    scale: float, store: Path, batch: int
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    args = [
+        *_python("app.venue.cli:venue"),
+        f"--scale={scale}",
+        "--breaks=none",
+        f"--store={store}",
+        "--grpc-port=0",
+        "--orders-port=0",
+        "--trades-port=0",
+        f"--token={TOKEN}",
+        f"--ws-key={KEY}",
+        f"--batch-size={batch}",
+        "--feed-replay",
+        "--json",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("the venue did not start")
+    return proc, json.loads(line)
+
+
+def run_worker(
+    endpoints: dict[str, str], database_url: str, sources: list[str], batch_rows: int
+) -> tuple[float, int]:
+    """Run a worker until idle; its wall time and peak RSS (bytes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
+    env.update(
+        RECON_DATABASE_URL=database_url,
+        RECON_EXCHANGE_TARGET=endpoints["grpc_target"],
+        RECON_EXCHANGE_TLS="false",
+        RECON_EXCHANGE_TOKEN=TOKEN,
+        RECON_PARTICIPANT_ID=PARTICIPANT,
+        RECON_FEED_ORDERS_URL=endpoints["orders_url"],
+        RECON_FEED_TRADES_URL=endpoints["trades_url"],
+        RECON_INGEST_BATCH_MAX_ROWS=str(batch_rows),
+        RECON_LOG_LEVEL="WARNING",
+    )
+    args = [*_python("app.ingest.cli:ingest"), "--exit-when-idle", "2"]
+    for source in sources:
+        args += ["--source", source]
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"worker failed with {os.waitstatus_to_exitcode(status)}")
+    return time.monotonic() - started, usage.ru_maxrss * 1024
+
+
+def measure(conn: psycopg.Connection, source: str) -> Measured:
+    events = 0
+    first = last = None
+    raw_rows = 0
+    raw_seconds = 0.0
+    for table in TABLES[source]:
+        count, lo, hi = conn.execute(
+            f"SELECT count(*), min(received_at), max(received_at) FROM {table}"
+        ).fetchone()  # type: ignore[misc]
+        events += count
+        if count:
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+        rows, seconds = raw_copy(conn, table)
+        raw_rows += rows
+        raw_seconds += seconds
+    span = (last - first).total_seconds() if first and last else 0.0
+    return Measured(source, events, span, raw_rows / raw_seconds if raw_seconds else 0.0)
+
+
+def raw_copy(conn: psycopg.Connection, table: str) -> tuple[int, float]:
+    """COPY the ingested rows back into a plain table: the floor cost of storing them."""
+    buffer = io.BytesIO()
+    with conn.cursor().copy(f"COPY {table} TO STDOUT (FORMAT BINARY)") as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    conn.execute(f"CREATE TEMP TABLE raw_{table} (LIKE {table})")
+    started = time.perf_counter()
+    with conn.cursor().copy(f"COPY raw_{table} FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(buffer.getvalue())
+    conn.commit()
+    seconds = time.perf_counter() - started
+    rows = conn.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]  # type: ignore[index]
+    return rows, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "RECON_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--runs", default="executions,orders,all")
+    parser.add_argument("--batch-rows", type=int, default=5000)
+    parser.add_argument("--venue-batch", type=int, default=500)
+    parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-venue")
+    args = parser.parse_args()
+
+    print(f"nproc={os.cpu_count()} scale={args.scale}")
+    template = create_database(args.database_url)
+    upgrade(with_database(args.database_url, template))
+    built = time.monotonic()
+    venue, endpoints = start_venue(args.scale, args.store, args.venue_batch)
+    print(f"venue ready in {time.monotonic() - built:.1f} s")
+    try:
+        for run in args.runs.split(","):
+            name = create_database(args.database_url, template)
+            url = with_database(args.database_url, name)
+            try:
+                wall, rss = run_worker(endpoints, url, RUNS[run], args.batch_rows)
+                with psycopg.connect(libpq(url)) as conn:
+                    sources = RUNS[run] or list(TABLES)
+                    results = [measure(conn, s) for s in sources]
+            finally:
+                drop_database(args.database_url, name)
+            print(
+                f"\nrun {run}: worker wall {wall:.1f} s (includes 2 s idle), peak RSS {rss / 2**20:.0f} MiB"
+            )
+            print(
+                f"  {'source':28} {'events':>10} {'events/s':>10} {'raw COPY/s':>11} {'ratio':>6}"
+            )
+            for m in results:
+                ratio = m.rate / m.raw_copy_rows_per_s if m.raw_copy_rows_per_s else float("nan")
+                print(
+                    f"  {m.source:28} {m.events:>10,} {m.rate:>10,.0f}"
+                    f" {m.raw_copy_rows_per_s:>11,.0f} {ratio:>6.2f}"
+                )
+    finally:
+        venue.terminate()
+        venue.wait(timeout=30)
+        drop_database(args.database_url, template)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Each reconciliation rule against hand-made rows on a real Postgres: one change to a clean day
+gives exactly the one break it should, with that key, and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, text
+
+from app.domain.breaks import BreakKind, RuleConfig
+from app.recon.service import reconcile
+
+from ._recon_day import (
+    NOON,
+    D,
+    Rows,
+    clean_day,
+    fill,
+    gap,
+    h,
+    load,
+    pending,
+    refund,
+)
+
+AS_OF = NOON + timedelta(hours=1)
+
+
+def run(engine: Engine, rows: Rows, *, report: bool = True) -> set[tuple[str, str]]:
+    with engine.begin() as conn:
+        load(conn, rows, report=report)
+    reconcile(engine, D, report=None, as_of=AS_OF, rules=RuleConfig())
+    with engine.connect() as conn:
+        return {
+            (row.kind, row.key)
+            for row in conn.execute(text("SELECT kind, key FROM recon_break WHERE status = 'open'"))
+        }
+
+
+def only(rows: Rows, table: str, key: str, value: object) -> dict[str, object]:
+    matches = [row for row in rows[table] if row[key] == value]
+    assert len(matches) == 1, (table, key, value)
+    return matches[0]
+
+
+def drop(rows: Rows, table: str, key: str, value: object) -> None:
+    rows[table] = [row for row in rows[table] if row[key] != value]
+
+
+def test_a_clean_day_has_no_breaks(engine: Engine) -> None:
+    assert run(engine, clean_day()) == set()
+
+
+def test_net_fees_are_stored_per_account_wallet_and_market(engine: Engine) -> None:
+    run(engine, clean_day())
+    with engine.connect() as conn:
+        fees = {
+            (row.scope, row.scope_key, row.source): (
+                row.gross_fee,
+                row.refund,
+                row.net_fee,
+                row.fills,
+            )
+            for row in conn.execute(text("SELECT * FROM net_fee_daily"))
+        }
+    # Commission dollars = notional units / (price_scale 100 * fractional_qty_scale 100).
+    assert fees[("account", "ACC1", "exchange")] == (
+        Decimal("0.001"),
+        Decimal("0.0001"),
+        Decimal("0.0009"),
+        2,
+    )
+    assert fees[("account", "ACC2", "exchange")] == (
+        Decimal("0.0004"),
+        Decimal("0.0002"),
+        Decimal("0.0002"),
+        2,
+    )
+    assert fees[("market", "SYM", "exchange")] == (
+        Decimal("0.0014"),
+        Decimal("0.0003"),
+        Decimal("0.0011"),
+        4,
+    )
+    # V1 maker fees net of their refunds; the V2 fee is already net; maker rows only.
+    assert fees[("wallet", "0xm1", "chain")] == (
+        Decimal("0.0092"),
+        Decimal("0.006"),
+        Decimal("0.0032"),
+        2,
+    )
+    assert fees[("wallet", "0xm2", "chain")] == (
+        Decimal("0.012"),
+        Decimal("0.0115"),
+        Decimal("0.0005"),
+        1,
+    )
+    assert fees[("market", h("market"), "chain")] == (
+        Decimal("0.0212"),
+        Decimal("0.0175"),
+        Decimal("0.0037"),
+        3,
+    )
+    assert len(fees) == 6
+
+
+def _missing_from_stream(rows: Rows) -> None:
+    drop(rows, "execution", "id", "E5")
+
+
+def _missing_from_report(rows: Rows) -> None:
+    drop(rows, "report_execution", "id", "E5")
+
+
+def _quantity(rows: Rows) -> None:
+    only(rows, "report_execution", "id", "E1")["last_shares"] = 90
+
+
+def _price(rows: Rows) -> None:
+    only(rows, "report_execution", "id", "E2")["last_px"] = 51
+
+
+def _fee(rows: Rows) -> None:
+    only(rows, "report_execution", "id", "E2")["commission_notional_collected"] = -3
+
+
+def _state(rows: Rows) -> None:
+    only(rows, "trade_capture", "id", "T1")["state"] = "TRADE_STATE_NEW"
+
+
+def _reverse_t2_positions(rows: Rows, *, in_report: bool) -> None:
+    """T2 busted: ACC1 keeps only its T1 buy, ACC2 only its T1 sell."""
+    tables = ("position_change", "report_position") if in_report else ("position_change",)
+    for table in tables:
+        acc1 = only(rows, table, "account", "ACC1")
+        acc1.update(net_position=100, qty_bought=100, qty_sold=0)
+        acc2 = only(rows, table, "account", "ACC2")
+        acc2.update(net_position=-100, qty_bought=0, qty_sold=100)
+
+
+def _busted_both(rows: Rows) -> None:
+    for table in ("trade_capture", "report_trade"):
+        only(rows, table, "id", "T2").update(state="TRADE_STATE_BUSTED", busted=True)
+    _reverse_t2_positions(rows, in_report=True)
+
+
+def _busted_stream_only(rows: Rows) -> None:
+    only(rows, "trade_capture", "id", "T2").update(state="TRADE_STATE_BUSTED", busted=True)
+    _reverse_t2_positions(rows, in_report=True)
+
+
+def _leg_missing(rows: Rows) -> None:
+    drop(rows, "execution", "id", "E4")
+    drop(rows, "report_execution", "id", "E4")
+    for table in ("position_change", "report_position"):
+        only(rows, table, "account", "ACC1").update(net_position=100, qty_sold=0)
+
+
+def _position_change(rows: Rows) -> None:
+    only(rows, "position_change", "account", "ACC1")["net_position"] = 61
+
+
+def _position_report(rows: Rows) -> None:
+    only(rows, "report_position", "account", "ACC2")["net_position"] = -59
+
+
+def _maker_taker(rows: Rows) -> None:
+    # Its pending aggregate (the makers' sum) now drifts too: that is the same fact, not a break.
+    only(rows, "order_filled", "order_hash", h("at"))["shares"] = 5_100_000
+
+
+def _taker_missing(rows: Rows) -> None:
+    drop(rows, "order_filled", "order_hash", h("at"))
+    drop(rows, "order_filled_pending", "order_hash", h("at"))
+
+
+def _unconfirmed(rows: Rows) -> None:
+    dropped = fill("txC", 1, "c1", role="maker", shares=1_000_000, user="0xm3")
+    rows["order_filled_pending"].append(
+        pending(dropped, event_time=AS_OF - timedelta(minutes=11), superseded_at=None)
+    )
+
+
+def _drift(rows: Rows) -> None:
+    only(rows, "order_filled_pending", "order_hash", h("a2"))["price"] = Decimal("0.41")
+
+
+def _orphan(rows: Rows) -> None:
+    maker = only(rows, "order_filled", "order_hash", h("a1"))
+    rows["fee_refund"].append({**refund(maker, "0.008"), "order_hash": h("zz")})
+
+
+def _orphan_received_later(rows: Rows) -> None:
+    """The feed gives refunds no time: one that beat its fill is dated by its arrival."""
+    maker = only(rows, "order_filled", "order_hash", h("a1"))
+    late = {**refund(maker, "0.008"), "order_hash": h("zz"), "business_date": D + timedelta(30)}
+    rows["fee_refund"].append(late)
+
+
+def _arithmetic(rows: Rows) -> None:
+    only(rows, "fee_refund", "order_hash", h("a1"))["refund"] = Decimal("0.007")
+
+
+def _feed_missing(rows: Rows) -> None:
+    drop(rows, "feed_trade", "order_hash", h("a2"))
+
+
+def _feed_mismatch_price(rows: Rows) -> None:
+    only(rows, "feed_trade", "order_hash", h("a1"))["price"] = Decimal("0.41")
+
+
+def _feed_mismatch_shares(rows: Rows) -> None:
+    row = only(rows, "feed_trade", "order_hash", h("b1"))
+    row["shares"] = row["shares_normalized"] = Decimal("1.51")
+
+
+CASES: dict[str, tuple[Callable[[Rows], None], BreakKind, str]] = {
+    "missing_from_stream": (_missing_from_stream, BreakKind.EXECUTION_MISSING_FROM_STREAM, "E5"),
+    "missing_from_report": (_missing_from_report, BreakKind.EXECUTION_MISSING_FROM_REPORT, "E5"),
+    "quantity": (_quantity, BreakKind.EXECUTION_QUANTITY_MISMATCH, "E1"),
+    "price": (_price, BreakKind.EXECUTION_PRICE_MISMATCH, "E2"),
+    "fee": (_fee, BreakKind.EXECUTION_FEE_MISMATCH, "E2"),
+    "state": (_state, BreakKind.TRADE_STATE_MISMATCH, "T1"),
+    "busted_both_sides": (_busted_both, BreakKind.TRADE_BUSTED, "T2"),
+    "busted_one_side": (_busted_stream_only, BreakKind.TRADE_STATE_MISMATCH, "T2"),
+    "leg_missing": (_leg_missing, BreakKind.TRADE_LEG_MISSING, "E4"),
+    "position_change": (_position_change, BreakKind.POSITION_MISMATCH, "ACC1|SYM"),
+    "position_report": (_position_report, BreakKind.POSITION_MISMATCH, "ACC2|SYM"),
+    "maker_taker": (_maker_taker, BreakKind.CHAIN_MAKER_TAKER_MISMATCH, h("txA")),
+    "taker_missing": (_taker_missing, BreakKind.CHAIN_TAKER_MISSING, h("txA")),
+    "unconfirmed": (
+        _unconfirmed,
+        BreakKind.CHAIN_PENDING_UNCONFIRMED,
+        f"{h('txC')}|{h('c1')}",
+    ),
+    "drift": (_drift, BreakKind.CHAIN_PENDING_DRIFT, f"{h('txA')}|{h('a2')}"),
+    "orphan": (_orphan, BreakKind.CHAIN_REFUND_ORPHAN, h("zz")),
+    "orphan_received_later": (_orphan_received_later, BreakKind.CHAIN_REFUND_ORPHAN, h("zz")),
+    "arithmetic": (_arithmetic, BreakKind.CHAIN_REFUND_ARITHMETIC, h("a1")),
+    "feed_missing": (_feed_missing, BreakKind.FEED_PROVIDER_MISSING, f"{h('txA')}|{h('a2')}"),
+    "feed_price": (_feed_mismatch_price, BreakKind.FEED_PROVIDER_MISMATCH, f"{h('txA')}|{h('a1')}"),
+    "feed_shares": (
+        _feed_mismatch_shares,
+        BreakKind.FEED_PROVIDER_MISMATCH,
+        f"{h('txB')}|{h('b1')}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_change_gives_exactly_its_break(engine: Engine, case: str) -> None:
+    change, kind, key = CASES[case]
+    rows = clean_day()
+    change(rows)
+    assert run(engine, rows) == {(str(kind), key)}
+
+
+def test_every_break_kind_has_a_case() -> None:
+    assert {kind for _, kind, _ in CASES.values()} == set(BreakKind)
+
+
+def test_a_stream_gap_is_backfilled_from_the_report_not_flagged(engine: Engine) -> None:
+    rows = clean_day()
+    drop(rows, "execution", "id", "E5")
+    rows["gap_window"].append(
+        gap("dropcopy.executions", NOON - timedelta(seconds=30), NOON + timedelta(seconds=30))
+    )
+    assert run(engine, rows) == set()
+    with engine.connect() as conn:
+        source = conn.execute(text("SELECT source FROM execution WHERE id = 'E5'")).scalar_one()
+        backfilled = conn.execute(text("SELECT backfilled_at FROM gap_window")).scalar_one()
+    assert source == "report_backfill"
+    assert backfilled is not None
+
+
+def _lost_in_orders_gap(rows: Rows) -> None:
+    """The orders feed dropped while txA was mined: a maker's confirmed fill never came."""
+    drop(rows, "order_filled", "order_hash", h("a2"))
+    only(rows, "order_filled_pending", "order_hash", h("a2"))["superseded_at"] = None
+
+
+@pytest.mark.parametrize(
+    ("change", "source"),
+    [
+        # would be a maker/taker mismatch, an unconfirmed pending event and an orphan refund
+        (_lost_in_orders_gap, "feed.orders"),
+        (_feed_missing, "feed.trades"),
+        (_feed_mismatch_price, "feed.orders"),
+        (_unconfirmed, "feed.orders"),
+    ],
+)
+def test_a_feed_gap_explains_what_it_could_have_lost(
+    engine: Engine, change: Callable[[Rows], None], source: str
+) -> None:
+    rows = clean_day()
+    change(rows)
+    rows["gap_window"].append(
+        gap(source, AS_OF - timedelta(minutes=15), AS_OF - timedelta(minutes=5))
+        if change is _unconfirmed
+        else gap(source, NOON - timedelta(seconds=10), NOON + timedelta(seconds=10))
+    )
+    assert run(engine, rows) == set()
+
+
+def test_a_pending_event_within_its_grace_is_not_yet_a_break(engine: Engine) -> None:
+    rows = clean_day()
+    young = fill("txC", 1, "c1", role="maker", shares=1_000_000, user="0xm3")
+    rows["order_filled_pending"].append(
+        pending(young, event_time=AS_OF - timedelta(minutes=9), superseded_at=None)
+    )
+    assert run(engine, rows) == set()
+
+
+def test_without_a_report_snapshot_the_report_rules_do_not_run(engine: Engine) -> None:
+    rows = clean_day()
+    _busted_both(rows)
+    rows["report_execution"] = []
+    rows["report_trade"] = []
+    rows["report_position"] = []
+    # The stream alone says T2 is busted; nothing can be missing from a report never taken.
+    assert run(engine, rows, report=False) == {(str(BreakKind.TRADE_BUSTED), "T2")}
