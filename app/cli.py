@@ -16,13 +16,7 @@ root = typer.Typer(
     add_completion=False,
 )
 db = typer.Typer(help="Database: migrations and status.", no_args_is_help=True)
-breaks = typer.Typer(help="Work the break queue: list, show, ack, resolve.", no_args_is_help=True)
-query = typer.Typer(
-    help="Compliance queries: order trail, trades, fees, wallet.", no_args_is_help=True
-)
 root.add_typer(db, name="db")
-root.add_typer(breaks, name="breaks")
-root.add_typer(query, name="query")
 
 
 @root.callback()
@@ -89,18 +83,6 @@ def demo() -> None:
 
 
 @root.command()
-def ingest() -> None:
-    """Run the ingest workers against the configured exchange and feeds."""
-    _not_built("ingest", 4)
-
-
-@root.command()
-def reconcile(date: str = typer.Option(..., "--date", help="Business date, YYYY-MM-DD.")) -> None:
-    """Run the reconciliation jobs for one business date."""
-    _not_built(f"reconcile --date {date}", 5)
-
-
-@root.command()
 def scheduler() -> None:
     """Run the scheduled jobs (APScheduler): intraday and end-of-day reconciliation.
 
@@ -113,58 +95,25 @@ def scheduler() -> None:
     run_forever(get_engine(), get_settings())
 
 
-@root.command()
-def report(date: str = typer.Option(..., "--date", help="Business date, YYYY-MM-DD.")) -> None:
-    """Build the nightly reconciliation report (HTML, CSV, JSON)."""
-    _not_built(f"report --date {date}", 6)
+def _mount() -> None:
+    """Each feature owns its command; this file only puts them under `recon`."""
+    from app.alerts.cli import alerts
+    from app.ingest.cli import ingest
+    from app.query.cli import query
+    from app.recon.cli import breaks, reconcile
+    from app.reports.cli import report
+    from app.venue.cli import venue
+
+    root.command()(venue)
+    root.command()(ingest)
+    root.command()(reconcile)
+    root.command()(report)
+    root.add_typer(breaks, name="breaks")
+    root.add_typer(query, name="query")
+    root.add_typer(alerts, name="alerts")
 
 
-@breaks.command("list")
-def breaks_list() -> None:
-    """List breaks (filters by date, kind, status, age; --json)."""
-    _not_built("breaks list", 5)
-
-
-@breaks.command("show")
-def breaks_show(break_id: int) -> None:
-    """Show one break with its audit trail."""
-    _not_built("breaks show", 5)
-
-
-@breaks.command("ack")
-def breaks_ack(break_id: int) -> None:
-    """Acknowledge a break."""
-    _not_built("breaks ack", 5)
-
-
-@breaks.command("resolve")
-def breaks_resolve(break_id: int) -> None:
-    """Resolve a break."""
-    _not_built("breaks resolve", 5)
-
-
-@query.command("order-trail")
-def query_order_trail(order_id: str) -> None:
-    """Every execution, trade, state change and break of an order, in time order."""
-    _not_built("query order-trail", 6)
-
-
-@query.command("trades")
-def query_trades() -> None:
-    """Trades by account, symbol or market, wallet, side, time range, minimum notional."""
-    _not_built("query trades", 6)
-
-
-@query.command("fees")
-def query_fees() -> None:
-    """Net fees by account, wallet, market and day."""
-    _not_built("query fees", 6)
-
-
-@query.command("wallet")
-def query_wallet(address: str) -> None:
-    """All on-chain activity of a wallet."""
-    _not_built("query wallet", 6)
+_mount()
 
 
 def main() -> None:

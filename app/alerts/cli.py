@@ -8,6 +8,11 @@ import typer
 alerts = typer.Typer(help="Break alerts: deliver the outbox.", no_args_is_help=True)
 
 
+@alerts.callback()
+def _group() -> None:
+    """Break alerts (RECON_ALERT_URLS): webhook, SMTP e-mail, log."""
+
+
 @alerts.command("deliver")
 def deliver(
     json_out: bool = typer.Option(False, "--json", help="Print the delivery report as JSON."),

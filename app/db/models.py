@@ -108,8 +108,9 @@ class Execution(ExecutionColumns, Base):
     __tablename__ = "execution"
     __table_args__ = execution_table_args(
         one_of("source", ExecutionSource),
-        # An account's trades over any period, newest first, without scanning whole days.
+        # An account's trades, or all trades, over any period, newest first, without sorting days.
         Index(None, "account", "transact_time"),
+        Index(None, "transact_time"),
     )
 
     source: Mapped[ExecutionSource] = mapped_column(TextEnum(ExecutionSource), sort_order=LAST)
@@ -327,6 +328,7 @@ class OrderFilled(ChainFillColumns, Base):
         Index(None, "user_address", "event_time"),
         Index(None, "taker_address", "event_time"),
         Index(None, "condition_id", "event_time"),
+        Index(None, "event_time"),
     )
 
     # Parsed from the feed's hex string ("0x21e").

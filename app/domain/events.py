@@ -190,7 +190,8 @@ class OrderFilledEvent(msgspec.Struct, frozen=True, gc=False):
 
 class FeeRefundEvent(msgspec.Struct, frozen=True, gc=False):
     """A V1 maker fee rebate (table `fee_refund`). The feed gives it no time, so the writer
-    dates it from its order_filled (or, failing that, the feed's current day)."""
+    dates it from its order_filled, else its own timestamp if a frame has one, else the feed's
+    current day."""
 
     tx_hash: str
     order_hash: str

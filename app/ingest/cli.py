@@ -39,6 +39,7 @@ def ingest(
         list[str] | None,
         typer.Option(
             "--source",
+            metavar="SOURCE",
             help="Ingest only this source (repeatable): dropcopy.executions, "
             "dropcopy.trade_captures, dropcopy.instrument_states, dropcopy.position_changes, "
             "feed.orders, feed.trades. Default: all that are configured.",

@@ -77,11 +77,11 @@ TRADE_TYPES = _names(enums_pb2.TradeType.DESCRIPTOR)
 INSTRUMENT_STATES = _names(enums_pb2.InstrumentState.DESCRIPTOR)
 
 
-def _enum(names: dict[int, str], number: int, path: str) -> str:
+def _enum(names: dict[int, str], number: int, prefix: str, field: str) -> str:
     # Proto3 enums are open: an unknown number parses fine and must be caught here.
     name = names.get(number)
     if name is None:
-        raise Rejected(f"{path} unknown enum number {number}")
+        raise Rejected(f"{prefix}{field} unknown enum number {number}")
     return name
 
 
@@ -97,20 +97,15 @@ def _required_text(value: str, path: str) -> str:
     return _text(value, path)
 
 
-def _optional_text(value: str, path: str) -> str | None:
-    # Proto3 can't tell an empty string from an absent one; the tables store absent as NULL.
-    return _text(value, path) if value else None
+def _positive(value: int, path: str) -> int:
+    if value <= 0:
+        raise Rejected(f"{path} not positive: {value}")
+    return value
 
 
 def _non_negative(value: int, path: str) -> int:
     if value < 0:
         raise Rejected(f"{path} negative: {value}")
-    return value
-
-
-def _positive(value: int, path: str) -> int:
-    if value <= 0:
-        raise Rejected(f"{path} not positive: {value}")
     return value
 
 
@@ -128,43 +123,92 @@ def _trade_date(td: trading_pb2.TradeDate, path: str) -> date:
         raise Rejected(f"{path} not a date: {td.year}-{td.month}-{td.day}") from None
 
 
+EXECUTION_QUANTITIES = (
+    "order.order_qty",
+    "order.price",
+    "order.cum_qty",
+    "order.leaves_qty",
+    "order.avg_px",
+    "last_shares",
+    "last_px",
+)
+EXECUTION_TEXTS = (
+    "id",
+    "order.id",
+    "order.clord_id",
+    "order.symbol",
+    "order.account",
+    "order.participant",
+    "text",
+    "trade_id",
+)
+
+
 def _execution(
     ex: trading_pb2.Execution, prefix: str, raw: bytes, source: ExecutionSource
 ) -> ExecutionEvent:
-    execution_id = _required_text(ex.id, f"{prefix}id")
-    if not ex.HasField("order"):
-        raise Rejected(f"{prefix}order missing")
+    # Checked a group at a time, with the culprit looked for only on failure: this runs for
+    # every execution and every trade leg, so each per-field call would cost.
+    for message in ("order", "transact_time", "transact_trade_date"):
+        if not ex.HasField(message):
+            raise Rejected(f"{prefix}{message} missing")
     order = ex.order
-    if not ex.HasField("transact_time"):
-        raise Rejected(f"{prefix}transact_time missing")
-    if not ex.HasField("transact_trade_date"):
-        raise Rejected(f"{prefix}transact_trade_date missing")
-    side = _enum(SIDES, order.side, f"{prefix}order.side")
+    texts = (
+        ex.id,
+        order.id,
+        order.clord_id,
+        order.symbol,
+        order.account,
+        order.participant,
+        ex.text,
+        ex.trade_id,
+    )
+    execution_id, order_id, clord_id, symbol, account, participant, text, trade_id = texts
+    for value, field in ((execution_id, "id"), (order_id, "order.id"), (symbol, "order.symbol")):
+        if not value:
+            raise Rejected(f"{prefix}{field} missing")
+    if "\x00" in "".join(texts):
+        for value, field in zip(texts, EXECUTION_TEXTS, strict=True):
+            _text(value, f"{prefix}{field}")
+    quantities = (
+        order.order_qty,
+        order.price,
+        order.cum_qty,
+        order.leaves_qty,
+        order.avg_px,
+        ex.last_shares,
+        ex.last_px,
+    )
+    if min(quantities) < 0:
+        for quantity, field in zip(quantities, EXECUTION_QUANTITIES, strict=True):
+            _non_negative(quantity, f"{prefix}{field}")
     if order.side == enums_pb2.SIDE_UNSPECIFIED:
         raise Rejected(f"{prefix}order.side unspecified")
+    order_qty, order_price, cum_qty, leaves_qty, avg_px, last_shares, last_px = quantities
     return ExecutionEvent(
         business_date=_trade_date(ex.transact_trade_date, f"{prefix}transact_trade_date"),
         id=execution_id,
-        order_id=_required_text(order.id, f"{prefix}order.id"),
-        clord_id=_optional_text(order.clord_id, f"{prefix}order.clord_id"),
-        symbol=_required_text(order.symbol, f"{prefix}order.symbol"),
-        side=side,
-        order_type=_enum(ORDER_TYPES, order.type, f"{prefix}order.type"),
-        time_in_force=_enum(TIMES_IN_FORCE, order.time_in_force, f"{prefix}order.time_in_force"),
-        order_qty=_non_negative(order.order_qty, f"{prefix}order.order_qty"),
-        order_price=_non_negative(order.price, f"{prefix}order.price"),
-        cum_qty=_non_negative(order.cum_qty, f"{prefix}order.cum_qty"),
-        leaves_qty=_non_negative(order.leaves_qty, f"{prefix}order.leaves_qty"),
-        avg_px=_non_negative(order.avg_px, f"{prefix}order.avg_px"),
-        order_state=_enum(ORDER_STATES, order.state, f"{prefix}order.state"),
-        account=_text(order.account, f"{prefix}order.account"),
-        participant=_optional_text(order.participant, f"{prefix}order.participant"),
-        exec_type=_enum(EXECUTION_TYPES, ex.type, f"{prefix}type"),
-        last_shares=_non_negative(ex.last_shares, f"{prefix}last_shares"),
-        last_px=_non_negative(ex.last_px, f"{prefix}last_px"),
-        text=_optional_text(ex.text, f"{prefix}text"),
+        order_id=order_id,
+        # Proto3 can't tell an empty string from an absent one; the tables store absent as NULL.
+        clord_id=clord_id or None,
+        symbol=symbol,
+        side=_enum(SIDES, order.side, prefix, "order.side"),
+        order_type=_enum(ORDER_TYPES, order.type, prefix, "order.type"),
+        time_in_force=_enum(TIMES_IN_FORCE, order.time_in_force, prefix, "order.time_in_force"),
+        order_qty=order_qty,
+        order_price=order_price,
+        cum_qty=cum_qty,
+        leaves_qty=leaves_qty,
+        avg_px=avg_px,
+        order_state=_enum(ORDER_STATES, order.state, prefix, "order.state"),
+        account=account,
+        participant=participant or None,
+        exec_type=_enum(EXECUTION_TYPES, ex.type, prefix, "type"),
+        last_shares=last_shares,
+        last_px=last_px,
+        text=text or None,
         transact_time=_timestamp(ex.transact_time, f"{prefix}transact_time"),
-        trade_id=_optional_text(ex.trade_id, f"{prefix}trade_id"),
+        trade_id=trade_id or None,
         aggressor=ex.aggressor,
         commission_notional_collected=ex.commission_notional_collected,
         raw=raw,
@@ -185,7 +229,7 @@ def trade_capture(t: trading_pb2.Trade) -> TradeCaptureEvent:
             raise Rejected(f"{leg} missing")
     aggressor = _execution(t.aggressor, "aggressor.", b"", "dropcopy")
     passive = _execution(t.passive, "passive.", b"", "dropcopy")
-    state = _enum(TRADE_STATES, t.state, "state")
+    state = _enum(TRADE_STATES, t.state, "", "state")
     if t.state == enums_pb2.TRADE_STATE_UNDEFINED:
         raise Rejected("state undefined")
     update_time = (
@@ -196,10 +240,10 @@ def trade_capture(t: trading_pb2.Trade) -> TradeCaptureEvent:
     return TradeCaptureEvent(
         business_date=aggressor.business_date,
         id=trade_id,
-        trade_type=_enum(TRADE_TYPES, t.trade_type, "trade_type"),
+        trade_type=_enum(TRADE_TYPES, t.trade_type, "", "trade_type"),
         state=state,
-        text=_optional_text(t.text, "text"),
-        trade_link_id=_optional_text(t.trade_link_id, "trade_link_id"),
+        text=_text(t.text, "text") or None,
+        trade_link_id=_text(t.trade_link_id, "trade_link_id") or None,
         update_time=update_time,
         symbol=aggressor.symbol,
         aggressor_execution_id=aggressor.id,
@@ -224,7 +268,7 @@ def instrument(i: trading_pb2.Instrument) -> InstrumentEvent:
     return InstrumentEvent(
         business_date=update_time.date(),
         symbol=_required_text(i.symbol, "symbol"),
-        state=_enum(INSTRUMENT_STATES, i.state, "state"),
+        state=_enum(INSTRUMENT_STATES, i.state, "", "state"),
         name=_text(i.name, "name"),
         price_scale=_positive(i.price_scale, "price_scale"),
         fractional_qty_scale=_positive(i.fractional_qty_scale, "fractional_qty_scale"),

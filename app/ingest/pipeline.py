@@ -54,6 +54,7 @@ class SourceStatus:
     reconnects: int = 0
     gaps: int = 0
     db_retrying: bool = False
+    db_retries: int = 0
     failure: str | None = None
 
     def touch(self) -> None:
@@ -305,6 +306,7 @@ class SourceSink:
                 if not _is_connection_error(exc) or self._give_up.is_set():
                     raise
                 self.status.db_retrying = True
+                self.status.db_retries += 1
                 log.warning(
                     "database unavailable for %s, retrying in %.1f s: %s",
                     self.status.name,

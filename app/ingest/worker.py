@@ -368,6 +368,7 @@ class IngestWorker:
                     status.last_event_time.isoformat() if status.last_event_time else None
                 ),
                 "database_retrying": status.db_retrying,
+                "database_retries": status.db_retries,
                 "failure": status.failure,
             }
         return ok, {"sources": details}

@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 # Concurrent workers can deadlock (e.g. one creating a partition while another writes); the
 # loser's transaction is rolled back whole, so trying it again is safe.
 ATTEMPTS = 3
-STAGED = "polyrecon.ingest.staged"
-TEMP_BUFFERS = "32MB"  # key in the pooled connection's info: staging tables exist
+STAGED = "polyrecon.ingest.staged"  # key in the pooled connection's info: staging tables exist
+TEMP_BUFFERS = "32MB"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,8 @@ class WriteResult:
     """What one committed batch changed.
 
     `rows`: rows inserted (or, for the current-state tables trade_capture and instrument,
-    inserted or replaced) per table, plus `superseded` pending fills; duplicates count nothing.
+    inserted or replaced) per table, plus `superseded` pending fills and `fee_refund_redated`
+    refunds; a duplicate counts nothing.
     """
 
     events: int
@@ -84,7 +85,7 @@ class WriteResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Kind:
+class Kind:
     """How one event type is staged and merged."""
 
     stage: str
@@ -143,7 +144,7 @@ EXECUTION_COLUMNS = (
     "raw",
     "source",
 )
-EXECUTION = _Kind(
+EXECUTION = Kind(
     stage="ingest_stage_execution",
     columns=EXECUTION_COLUMNS,
     shape=f"SELECT {_list(EXECUTION_COLUMNS)} FROM execution",
@@ -180,7 +181,7 @@ TRADE_COLUMNS = (
     "raw",
 )
 TRADE_REPLACED = tuple(c for c in TRADE_COLUMNS if c not in {"business_date", "id"})
-TRADE_CAPTURE = _Kind(
+TRADE_CAPTURE = Kind(
     stage="ingest_stage_trade_capture",
     columns=TRADE_COLUMNS,
     shape=f"SELECT {_list(TRADE_COLUMNS)} FROM trade_capture",
@@ -202,7 +203,7 @@ TRADE_CAPTURE = _Kind(
             "raw DESC "
             f"ON CONFLICT (business_date, id) DO UPDATE SET {_assign(TRADE_REPLACED)}, "
             "received_at = now() "
-            f"WHERE (false, EXCLUDED.update_time, {_rank('EXCLUDED.state')}, "
+            f"WHERE (EXCLUDED.busted, EXCLUDED.update_time, {_rank('EXCLUDED.state')}, "
             "EXCLUDED.raw) "
             "> (t.busted, coalesce(t.update_time, '-infinity'), "
             f"coalesce({_rank('t.state')}, -1), t.raw)",
@@ -221,7 +222,7 @@ INSTRUMENT_COLUMNS = (
     "raw",
 )
 INSTRUMENT_CURRENT = INSTRUMENT_COLUMNS[1:]
-INSTRUMENT = _Kind(
+INSTRUMENT = Kind(
     stage="ingest_stage_instrument",
     columns=INSTRUMENT_COLUMNS,
     shape=f"SELECT {_list(INSTRUMENT_COLUMNS)} FROM instrument_state_change",
@@ -259,7 +260,7 @@ POSITION_COLUMNS = (
     "change_time",
     "raw",
 )
-POSITION_CHANGE = _Kind(
+POSITION_CHANGE = Kind(
     stage="ingest_stage_position_change",
     columns=POSITION_COLUMNS,
     shape=f"SELECT {_list(POSITION_COLUMNS)} FROM position_change",
@@ -306,7 +307,7 @@ FILL_COLUMNS = (
 # a few seconds earlier, so it may sit in the previous day's partition (or, with clock skew, the
 # next one's). The window also lets each lookup prune to three partitions.
 NEAR_DAYS = "BETWEEN {day} - 1 AND {day} + 1"
-ORDER_FILLED = _Kind(
+ORDER_FILLED = Kind(
     stage="ingest_stage_order_filled",
     columns=("status", *FILL_COLUMNS, "log_index"),
     shape=f"SELECT NULL::text AS status, {_list(FILL_COLUMNS)}, log_index FROM order_filled",
@@ -360,7 +361,7 @@ REFUND_COLUMNS = (
     "event_time",
     "raw",
 )
-FEE_REFUND = _Kind(
+FEE_REFUND = Kind(
     stage="ingest_stage_fee_refund",
     columns=REFUND_COLUMNS,
     shape=f"SELECT {_list(REFUND_COLUMNS)} FROM fee_refund",
@@ -401,7 +402,7 @@ FEED_TRADE_COLUMNS = (
     "feed_source",
     "raw",
 )
-FEED_TRADE = _Kind(
+FEED_TRADE = Kind(
     stage="ingest_stage_feed_trade",
     columns=FEED_TRADE_COLUMNS,
     shape=f"SELECT {_list(FEED_TRADE_COLUMNS)} FROM feed_trade",
@@ -417,7 +418,7 @@ FEED_TRADE = _Kind(
 
 # Merge order matters: confirmed fills before refunds (so a refund finds its fill in the same
 # batch); everything else is independent.
-KINDS: dict[type, _Kind] = {
+KINDS: dict[type, Kind] = {
     ExecutionEvent: EXECUTION,
     TradeCaptureEvent: TRADE_CAPTURE,
     InstrumentEvent: INSTRUMENT,
@@ -462,27 +463,27 @@ class BatchWriter:
         self, events: Sequence[Event], dead: Sequence[DeadLetter], checkpoint: Checkpoint | None
     ) -> WriteResult:
         """Store the batch, its dead letters and its checkpoint in one transaction."""
-        batches: dict[_Kind, list[Event]] = {}
+        batches: dict[Kind, list[Event]] = {}
         for event in events:
             batches.setdefault(KINDS[type(event)], []).append(event)
         ordered = [(kind, batches[kind]) for kind in KINDS.values() if kind in batches]
         days = _partition_days(events)
-        for attempt in range(1, ATTEMPTS + 1):
+        for _ in range(ATTEMPTS - 1):
             self._ensure_partitions(days)
             try:
                 rows = self._transaction(ordered, dead, checkpoint, len(events))
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                if attempt == ATTEMPTS:
-                    raise
                 log.warning("batch write conflicted (%s); retrying", type(exc).__name__)
             except errors.CheckViolation as exc:
                 # A partition we knew about was dropped since: forget what we know and redo.
-                if attempt == ATTEMPTS or not _missing_partition(exc):
+                if not _missing_partition(exc):
                     raise
                 self._days.clear()
             else:
                 return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        self._ensure_partitions(days)
+        rows = self._transaction(ordered, dead, checkpoint, len(events))
+        return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
 
     def record_gap(self, source: str, start: datetime, end: datetime, reason: str) -> None:
         """Note a window `source` may have missed, for the Report API backfill."""
@@ -518,7 +519,7 @@ class BatchWriter:
 
     def _transaction(
         self,
-        batches: list[tuple[_Kind, list[Event]]],
+        batches: list[tuple[Kind, list[Event]]],
         dead: Sequence[DeadLetter],
         checkpoint: Checkpoint | None,
         total: int,
@@ -531,9 +532,6 @@ class BatchWriter:
             with pg.cursor() as cur:
                 for kind, events in batches:
                     self._copy(cur, kind, events)
-                    for table, sql in kind.merges:
-                        cur.execute(sql)
-                        rows[table] = rows.get(table, 0) + max(cur.rowcount, 0)
                 if dead:
                     with cur.copy(
                         "COPY dead_letter (source, reason, raw) FROM STDIN (FORMAT BINARY)"
@@ -544,8 +542,15 @@ class BatchWriter:
                                 (_printable(letter.source), _printable(letter.reason), letter.raw)
                             )
                     rows["dead_letter"] = len(dead)
+            # The merges go in one round trip (COPY can't be pipelined); the server still runs
+            # them in order, so a refund sees the fills merged just before it.
+            merged: list[tuple[str, psycopg.Cursor[Any]]] = []
+            with pg.pipeline():
+                for kind, _ in batches:
+                    for table, sql in kind.merges:
+                        merged.append((table, pg.execute(sql)))
                 if checkpoint is not None:
-                    cur.execute(
+                    pg.execute(
                         CHECKPOINT_UPSERT,
                         (
                             _printable(checkpoint.stream),
@@ -554,10 +559,13 @@ class BatchWriter:
                             total,
                         ),
                     )
+            for table, cursor in merged:
+                rows[table] = rows.get(table, 0) + max(cursor.rowcount, 0)
+                cursor.close()
             pg.commit()
         return rows
 
-    def _copy(self, cur: psycopg.Cursor[Any], kind: _Kind, events: list[Event]) -> None:
+    def _copy(self, cur: psycopg.Cursor[Any], kind: Kind, events: list[Event]) -> None:
         types = self._types.get(kind.stage)
         if types is None:
             # Binary COPY needs each column's exact type: the target table's, read once.

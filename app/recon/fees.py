@@ -18,11 +18,10 @@ from sqlalchemy import Connection, text
 from app.recon.rules import BUSTED_TRADE, FILL_TYPES, REFUND_LINKS
 
 # Exact division: a NUMERIC with 12 decimals divided by a power of ten up to 10^12 loses nothing,
-# where plain numeric division keeps only about 16 significant digits.
+# where plain numeric division keeps only about 16 significant digits. Fills whose instrument
+# was never received cannot be priced in dollars: they are counted, not guessed.
 _EXCHANGE = f"""
-INSERT INTO net_fee_daily (business_date, scope, scope_key, source, gross_fee, refund, net_fee,
-                           fills)
-WITH per_pair AS (
+WITH per_pair AS MATERIALIZED (
   SELECT e.account, e.symbol,
          sum(greatest(e.commission_notional_collected, 0)) AS charged,
          sum(greatest(-e.commission_notional_collected, 0)) AS rebated,
@@ -36,22 +35,21 @@ WITH per_pair AS (
          CAST(p.charged AS numeric(40, 12)) / (i.price_scale * i.fractional_qty_scale) AS gross,
          CAST(p.rebated AS numeric(40, 12)) / (i.price_scale * i.fractional_qty_scale) AS refund
   FROM per_pair AS p JOIN instrument AS i ON i.symbol = p.symbol
+), stored AS (
+  INSERT INTO net_fee_daily (business_date, scope, scope_key, source, gross_fee, refund,
+                             net_fee, fills)
+  SELECT :business_date,
+         CASE WHEN grouping(account) = 0 THEN 'account' ELSE 'market' END,
+         coalesce(account, symbol), 'exchange',
+         trim_scale(sum(gross)), trim_scale(sum(refund)), trim_scale(sum(gross) - sum(refund)),
+         sum(fills)
+  FROM dollars
+  GROUP BY GROUPING SETS ((account), (symbol))
+  RETURNING 1
 )
-SELECT :business_date,
-       CASE WHEN grouping(account) = 0 THEN 'account' ELSE 'market' END,
-       coalesce(account, symbol), 'exchange',
-       trim_scale(sum(gross)), trim_scale(sum(refund)), trim_scale(sum(gross) - sum(refund)),
-       sum(fills)
-FROM dollars
-GROUP BY GROUPING SETS ((account), (symbol))
-RETURNING 1
-"""
-
-# Fills whose instrument we never received cannot be priced in dollars; counted, not guessed.
-_UNPRICED = f"""
-SELECT count(*) FROM execution AS e
-WHERE e.business_date = :business_date AND e.exec_type IN {FILL_TYPES}
-  AND NOT EXISTS (SELECT 1 FROM instrument AS i WHERE i.symbol = e.symbol)
+SELECT (SELECT count(*) FROM stored) AS stored,
+       (SELECT coalesce(sum(p.fills), 0) FROM per_pair AS p
+        WHERE NOT EXISTS (SELECT 1 FROM instrument AS i WHERE i.symbol = p.symbol)) AS unpriced
 """
 
 _CHAIN = """
@@ -96,7 +94,6 @@ def store_net_fees(conn: Connection, business_date: date) -> FeeCounts:
     params = {"business_date": business_date}
     conn.execute(text(REFUND_LINKS), params)
     conn.execute(text("DELETE FROM net_fee_daily WHERE business_date = :business_date"), params)
-    exchange = len(conn.execute(text(_EXCHANGE), params).all())
+    exchange = conn.execute(text(_EXCHANGE), params).one()
     chain = len(conn.execute(text(_CHAIN), params).all())
-    unpriced = conn.execute(text(_UNPRICED), params).scalar_one()
-    return FeeCounts(exchange, chain, int(unpriced))
+    return FeeCounts(exchange.stored, chain, int(exchange.unpriced))

@@ -352,7 +352,9 @@ async def snapshot(
         try:
             with conn.begin():
                 for table, staged in _STAGED.items():
-                    conn.execute(text(f"CREATE TEMP TABLE {staged} (LIKE {table} INCLUDING DEFAULTS)"))
+                    conn.execute(
+                        text(f"CREATE TEMP TABLE {staged} (LIKE {table} INCLUDING DEFAULTS)")
+                    )
             counts = {"executions": 0, "trades": 0, "other_dates": 0}
             async for executions in client.executions(start, end):
                 rows, other = execution_rows(executions, business_date)

@@ -73,6 +73,9 @@ def _backfill_columns() -> str:
 
 # The stream missed what the Report API has, inside a window the ingest flagged as uncertain:
 # the gap explains it, so fill it in as `report_backfill` rather than report a break.
+# A gap is only as wide as the stream's own record shows: once the stream delivered new
+# executions after the gap was recorded, it had resumed by then, so the window ends at the
+# first of them (ingest may record a resumed-by-time gap as lasting until the wall clock's now).
 BACKFILL_FROM_REPORT = f"""
 INSERT INTO execution ({_backfill_columns()}, source)
 SELECT {_backfill_columns()}, 'report_backfill'
@@ -80,7 +83,13 @@ FROM report_execution AS r
 WHERE r.business_date = :business_date
   AND NOT EXISTS (
     SELECT 1 FROM execution AS e WHERE e.business_date = r.business_date AND e.id = r.id)
-  AND {_in_gap(":gap_executions", "r.transact_time")}
+  AND EXISTS (
+    SELECT 1 FROM gap_window AS g
+    WHERE g.source LIKE :gap_executions AND r.transact_time >= g.start_time
+      AND r.transact_time <= least(g.end_time, (
+        SELECT min(e.transact_time) FROM execution AS e
+        WHERE e.business_date = r.business_date AND e.source = 'dropcopy'
+          AND e.received_at > g.detected_at AND e.transact_time >= g.start_time)))
 ON CONFLICT DO NOTHING
 """
 
@@ -343,13 +352,14 @@ ORDER BY p.tx_hash, p.order_hash, c.log_index
 # Each refund tied to the one maker fill of the day it rebates: the fill of its own transaction
 # when there is one, else the order's first maker fill of the day. Refunds and net fees both read
 # this table, so they cannot disagree about which fee a refund belongs to.
-# A refund carries no timestamp, and one that arrived before its fill is dated by when it was
-# received: so candidates are refunds dated from the day before on, and an unlinked one belongs
-# to this day if its transaction is this day's, or if it is dated today and no fill anywhere up
-# to tomorrow has its order or transaction (else that other day's run owns it).
+# A refund carries no timestamp, and one that arrived before its fill may be dated by ingest's
+# current day (a confirmed fill arriving later re-dates it): so candidates are refunds dated from
+# the day before on, and an unlinked one belongs to this day if its transaction is this day's,
+# or if it is dated today and no fill of the neighbouring days has its order or transaction
+# (else that day's run owns it).
 REFUND_LINKS = """
 CREATE TEMP TABLE IF NOT EXISTS recon_refund_link ON COMMIT DROP AS
-WITH linked AS (
+WITH linked AS MATERIALIZED (
   SELECT DISTINCT ON (f.tx_hash, f.order_hash)
          f.tx_hash, f.order_hash, f.business_date, f.refund, f.fee_charged,
          o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee
@@ -360,18 +370,27 @@ WITH linked AS (
   ORDER BY f.tx_hash, f.order_hash, (o.tx_hash = f.tx_hash) DESC NULLS LAST, o.event_time,
            o.tx_hash, o.log_index
 )
-SELECT * FROM linked AS l
-WHERE l.fill_tx_hash IS NOT NULL
-   OR EXISTS (
-     SELECT 1 FROM order_filled AS o
-     WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash)
-   OR (l.business_date = :business_date
-       AND NOT EXISTS (
-         SELECT 1 FROM order_filled AS o
-         WHERE o.business_date <= :business_date + 1 AND o.order_hash = l.order_hash)
-       AND NOT EXISTS (
-         SELECT 1 FROM order_filled AS o
-         WHERE o.business_date <= :business_date + 1 AND o.tx_hash = l.tx_hash))
+SELECT * FROM linked WHERE fill_tx_hash IS NOT NULL
+UNION ALL
+-- The few unlinked ones: index probes each (LIMIT 1 keeps the planner from hashing whole
+-- partitions, which would scan every day on file for a handful of rows).
+SELECT l.* FROM linked AS l
+LEFT JOIN LATERAL (
+  SELECT 1 AS hit FROM order_filled AS o
+  WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash LIMIT 1) AS tx_today ON true
+LEFT JOIN LATERAL (
+  SELECT 1 AS hit FROM order_filled AS o
+  WHERE o.business_date IN (:business_date - 1, :business_date, :business_date + 1)
+    AND o.order_hash = l.order_hash LIMIT 1
+) AS order_known ON true
+LEFT JOIN LATERAL (
+  SELECT 1 AS hit FROM order_filled AS o
+  WHERE o.business_date IN (:business_date - 1, :business_date, :business_date + 1)
+    AND o.tx_hash = l.tx_hash LIMIT 1
+) AS tx_known ON true
+WHERE l.fill_tx_hash IS NULL
+  AND (tx_today.hit IS NOT NULL
+       OR (l.business_date = :business_date AND order_known.hit IS NULL AND tx_known.hit IS NULL))
 """
 
 # A refund carries no time; its transaction's does. An orphan whose transaction happened while

@@ -181,6 +181,8 @@ def _run(
             {"k": f"recon.merge:{business_date.isoformat()}"},
         )
         conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+        # Each rule runs once per date: compiling it costs more than it saves.
+        conn.execute(text("SET LOCAL jit = off"))
         step = time.perf_counter()
         ref = latest_snapshot(conn, business_date)
         run_as_of = as_of or _as_of(conn, business_date) or datetime.now(UTC)

@@ -365,19 +365,22 @@ def _open_break(row: Any, now: datetime) -> OpenBreak:
 
 
 def _hours(volume: Iterable[Any], breaks: dict[int | None, int]) -> tuple[HourRow, ...]:
+    """All 24 UTC hours, quiet ones included, so the charts keep their shape."""
     by_hour = {row.hour: row for row in volume}
-    zero = Decimal(0)
-    return tuple(
-        HourRow(
-            hour=h,
-            exchange_fills=int(by_hour[h].exchange_fills) if h in by_hour else 0,
-            chain_fills=int(by_hour[h].chain_fills) if h in by_hour else 0,
-            exchange_notional=Decimal(by_hour[h].exchange_notional or 0) if h in by_hour else zero,
-            chain_notional=Decimal(by_hour[h].chain_notional or 0) if h in by_hour else zero,
-            breaks=breaks.get(h, 0),
+    rows = []
+    for hour in range(24):
+        v = by_hour.get(hour)
+        rows.append(
+            HourRow(
+                hour=hour,
+                exchange_fills=int(v.exchange_fills) if v else 0,
+                chain_fills=int(v.chain_fills) if v else 0,
+                exchange_notional=Decimal(v.exchange_notional) if v else Decimal(0),
+                chain_notional=Decimal(v.chain_notional) if v else Decimal(0),
+                breaks=breaks.get(hour, 0),
+            )
         )
-        for h in range(24)
-    )
+    return tuple(rows)
 
 
 def gather(conn: Connection, business_date: date, now: datetime) -> ReportData:
@@ -755,7 +758,7 @@ def render_html(data: ReportData, summary: dict[str, Any], files: Sequence[str])
     shown = data.open_breaks[:MAX_OPEN_ROWS_IN_PAGE]
     open_table = (
         _table(
-            ("id", "severity", "kind", "key", "date", "status", "age", "times", "assignee", "facts"),
+            ("id", "severity", "kind", "key", "date", "status", "age", "seen", "assignee", "facts"),
             (
                 (
                     str(o.id),
@@ -765,7 +768,7 @@ def render_html(data: ReportData, summary: dict[str, Any], files: Sequence[str])
                     f'<span class="nowrap">{escape(o.business_date.isoformat())}</span>',
                     escape(o.status),
                     f"{o.age_days} d",
-                    str(o.occurrences),
+                    f"{o.occurrences}×",
                     escape(o.assignee or ""),
                     f'<span class="mono">{escape(_compact(o.details))}</span>',
                 )

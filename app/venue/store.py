@@ -115,7 +115,6 @@ CREATE INDEX report_orders_time ON report_orders (time_us, order_id);
 """
 _STREAM_INSERT = "INSERT INTO {} VALUES (?, ?, ?, ?, ?, ?)"
 _FEED_INSERT = "INSERT INTO {} VALUES (?, ?, ?, ?, ?, ?, ?)"
-_WORKER_TIMEOUT_S = 600  # a worker that is silent this long is stuck
 _FEED_TABLES: dict[FeedName, str] = {"orders": "orders_feed", "trades": "trades_feed"}
 
 
@@ -159,9 +158,9 @@ class VenueStore:
         """The store of `config` at `path`: reused if it is there and built from the same
         config, else generated (into a temporary file renamed into place when complete).
 
-        `progress` is called with the number of rows written so far. `parallel` generates the
-        chain half in a second process (default: when the day is big enough to gain from it);
-        the file is the same either way."""
+        `progress` is called with the number of rows written so far. `parallel` lets a forked
+        process generate the chain half (default: when the day is big enough to gain from it;
+        only ever from a single-threaded caller); the file is the same either way."""
         if path.is_file():
             with contextlib.suppress(sqlite3.DatabaseError, ValueError, KeyError):
                 existing = cls(path)
@@ -550,11 +549,11 @@ class _DayWriter:
             self.add(item)
             pending += 1
             if pending == _BATCH:
-                self.flush(pending)
+                self.flush()
                 pending = 0
                 if between_batches is not None:
                     between_batches()
-        self.flush(pending)
+        self.flush()
 
     def write_chain(self, batch: _ChainBatch) -> None:
         for table, rows in batch.rows.items():
@@ -652,11 +651,12 @@ class _DayWriter:
             )
         )
 
-    def flush(self, items: int) -> None:
+    def flush(self) -> None:
         db = self.db
         for name, rows in self.streams.items():
             if rows:
                 db.executemany(_STREAM_INSERT.format(name), rows)
+                self.written += len(rows)
                 rows.clear()
         for table, rows, width in (
             ("report_executions", self.report_executions, 7),
@@ -667,8 +667,8 @@ class _DayWriter:
             if rows:
                 self.counts[table] += len(rows)
                 db.executemany(f"INSERT INTO {table} VALUES ({_marks(range(width))})", rows)
+                self.written += len(rows)
                 rows.clear()
-        self.written += items
         self.report_progress()
 
     def truth(self, config: DayConfig) -> bytes:
@@ -701,13 +701,15 @@ class _DayWriter:
 
 
 class _ChainWorker:
-    """The chain half generated in a second process while this one writes the exchange half."""
+    """The chain half generated in a forked process while this one writes the exchange half.
+
+    Only forked from a single-threaded process (see `_can_fork`): a fork copies other threads'
+    locks mid-flight, and spawn would re-import the caller's __main__.
+    """
 
     def __init__(self, config: DayConfig) -> None:
-        # spawn, not fork: the caller may already run server threads, which fork would copy
-        # mid-flight.
-        context = multiprocessing.get_context("spawn")
-        self.queue: multiprocessing.Queue[object] = context.Queue(maxsize=32)
+        context = multiprocessing.get_context("fork")
+        self.queue: multiprocessing.Queue[object] = context.Queue(maxsize=8)
         self.process = context.Process(
             target=_chain_worker, args=(config.to_dict(), self.queue), daemon=True
         )
@@ -717,11 +719,15 @@ class _ChainWorker:
     def drain(self, writer: _DayWriter, *, block: bool) -> None:
         while not self.done:
             try:
-                message = self.queue.get(block=block, timeout=_WORKER_TIMEOUT_S if block else None)
+                message = self.queue.get(block=block, timeout=1.0 if block else None)
             except queue.Empty:
-                if block:
-                    raise RuntimeError("the chain worker stopped answering") from None
-                return
+                if not block:
+                    return
+                if not self.process.is_alive():
+                    raise RuntimeError(
+                        f"the chain worker exited ({self.process.exitcode}) before finishing"
+                    ) from None
+                continue
             if message is None:
                 self.done = True
             elif isinstance(message, _ChainBatch):
@@ -732,49 +738,60 @@ class _ChainWorker:
     def close(self) -> None:
         if self.process.is_alive() and not self.done:
             self.process.terminate()
-        self.process.join(timeout=_WORKER_TIMEOUT_S)
+        self.process.join()
         self.queue.close()
+
+
+def _can_fork() -> bool:
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
 def _write_day(
     config: DayConfig, path: Path, progress: Callable[[int], None] | None, *, parallel: bool
 ) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
+    # Forked before this process opens the database, so the child holds no SQLite handle.
+    worker = _ChainWorker(config) if parallel and _can_fork() else None
     try:
-        # A half-built file is thrown away, so the bulk load skips the journal entirely.
-        db.execute("PRAGMA journal_mode = OFF")
-        db.execute("PRAGMA synchronous = OFF")
-        db.execute("PRAGMA cache_size = -16384")
-        db.executescript(_SCHEMA)
-        db.execute("BEGIN")
-        writer = _DayWriter(db, progress)
-        universe = build_universe(config)
-        if parallel:
-            worker = _ChainWorker(config)
-            try:
-                writer.write_exchange(
-                    exchange_day(config, universe), lambda: worker.drain(writer, block=False)
-                )
-                worker.drain(writer, block=True)
-            finally:
-                worker.close()
-        else:
-            writer.write_exchange(exchange_day(config, universe))
-            for batch in chain_batches(config, universe):
-                writer.write_chain(batch)
-        db.execute("COMMIT")
-        db.executescript(_INDEXES)
-        db.execute("PRAGMA analysis_limit = 1000")
-        db.execute("ANALYZE")
-        db.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [
-                ("config", orjson.dumps(config.to_dict(), option=orjson.OPT_SORT_KEYS)),
-                ("config_hash", config.config_hash().encode()),
-                ("truth", writer.truth(config)),
-                ("complete", b"1"),
-            ],
-        )
-        db.execute("PRAGMA journal_mode = WAL")
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            _load(db, config, _DayWriter(db, progress), worker)
+        finally:
+            db.close()
     finally:
-        db.close()
+        if worker is not None:
+            worker.close()
+
+
+def _load(
+    db: sqlite3.Connection, config: DayConfig, writer: _DayWriter, worker: _ChainWorker | None
+) -> None:
+    # A half-built file is thrown away, so the bulk load skips the journal entirely.
+    db.execute("PRAGMA journal_mode = OFF")
+    db.execute("PRAGMA synchronous = OFF")
+    db.execute("PRAGMA cache_size = -16384")
+    db.executescript(_SCHEMA)
+    db.execute("BEGIN")
+    universe = build_universe(config)
+    if worker is None:
+        writer.write_exchange(exchange_day(config, universe))
+        for batch in chain_batches(config, universe):
+            writer.write_chain(batch)
+    else:
+        writer.write_exchange(
+            exchange_day(config, universe), lambda: worker.drain(writer, block=False)
+        )
+        worker.drain(writer, block=True)
+    db.execute("COMMIT")
+    db.executescript(_INDEXES)
+    db.execute("PRAGMA analysis_limit = 1000")
+    db.execute("ANALYZE")
+    db.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [
+            ("config", orjson.dumps(config.to_dict(), option=orjson.OPT_SORT_KEYS)),
+            ("config_hash", config.config_hash().encode()),
+            ("truth", writer.truth(config)),
+            ("complete", b"1"),
+        ],
+    )
+    db.execute("PRAGMA journal_mode = WAL")

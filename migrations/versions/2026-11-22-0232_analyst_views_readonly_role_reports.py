@@ -6,7 +6,8 @@ Create Date: 2026-11-22 02:32:00
 
 - `recon_report`: every nightly report built, with its summary and self-contained HTML.
 - Indexes for the compliance queries, which look things up without a business date (by order,
-  account, wallet, market): each leads with the looked-up value so a 5M-row day is not scanned.
+  account, wallet, market): each leads with the looked-up value so a 5M-row day is not scanned;
+  and by time alone, so "the newest trades" reads the end of an index instead of sorting a day.
 - Views `v_exchange_fill`, `v_chain_fill`, `v_open_breaks`: the same definitions the `recon
   query` commands read, for analysts' own SQL.
 - Role `recon_readonly` (NOLOGIN; grant it to analysts' login roles): SELECT on every table and
@@ -28,10 +29,12 @@ depends_on: str | Sequence[str] | None = None
 INDEXES: tuple[tuple[str, str, list[str]], ...] = (
     ("ix_execution_order_id", "execution", ["order_id"]),
     ("ix_execution_account_transact_time", "execution", ["account", "transact_time"]),
+    ("ix_execution_transact_time", "execution", ["transact_time"]),
     ("ix_report_execution_order_id", "report_execution", ["order_id"]),
     ("ix_order_filled_user_address_event_time", "order_filled", ["user_address", "event_time"]),
     ("ix_order_filled_taker_address_event_time", "order_filled", ["taker_address", "event_time"]),
     ("ix_order_filled_condition_id_event_time", "order_filled", ["condition_id", "event_time"]),
+    ("ix_order_filled_event_time", "order_filled", ["event_time"]),
     ("ix_fee_refund_user_address", "fee_refund", ["user_address"]),
     ("ix_recon_break_key", "recon_break", ["key"]),
 )

@@ -171,7 +171,7 @@ def test_sigkill_at_random_moments_then_restart_equals_clean_run(
         progress.append(_committed(engine))
     # The kills really interrupted work in progress: most runs had committed batches when
     # killed, and the day was not finished before the last kill.
-    mid_ingest = sum(after > before for before, after in zip([0, *progress], progress))
+    mid_ingest = sum(b > a for a, b in zip([0, *progress[:-1]], progress, strict=True))
     assert mid_ingest >= KILLS // 2, progress
     assert progress[-1] < sum(len(rows) for rows in truth.rows.values()), progress
     worker = _Worker(env, "--exit-when-idle", "1.5")
@@ -251,9 +251,10 @@ def test_postgres_restart_mid_ingest_recovers_by_itself(
     restarter = threading.Thread(target=restart_when_busy, daemon=True)
     restarter.start()
     try:
-        run_worker(worker_config(venue, exit_when_idle=3.0, batch_max_rows=300), engine)
+        worker = run_worker(worker_config(venue, exit_when_idle=3.0, batch_max_rows=300), engine)
         restarter.join(timeout=60)
         assert restarted.is_set()
+        assert sum(s.status.db_retries for s in worker.sources.values()) > 0, "restart missed"
         _assert_equals_truth(engine, truth)
     finally:
         engine.dispose()

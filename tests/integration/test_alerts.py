@@ -354,3 +354,24 @@ def test_notifiers_are_configured_by_url() -> None:
         notifiers_from_settings(Settings(alert_urls="smtp://127.0.0.1:25?to=a@example.test"))
     with pytest.raises(ValueError, match="unknown alert URL scheme"):
         notifiers_from_settings(Settings(alert_urls="ftp://example.test/x"))
+
+
+def test_deliver_command_uses_the_configured_notifiers(
+    engine: Engine, webhook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.alerts.cli import alerts
+
+    settings = Settings(alert_urls=webhook.url)
+    monkeypatch.setattr("app.config.get_settings", lambda: settings)
+    monkeypatch.setattr("app.db.session.get_engine", lambda: engine)
+    find(engine, ["E-1", "E-2"], T0)
+    result = CliRunner().invoke(alerts, ["deliver", "--json"])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert (report["messages_sent"], report["alerts_delivered"], report["failures"]) == (1, 2, 0)
+    assert sorted(webhook.occurrences()) == expected_occurrences(engine)
+    again = CliRunner().invoke(alerts, ["deliver"])
+    assert again.exit_code == 0, again.output
+    assert again.output.startswith("0 alerts delivered in 0 messages")

@@ -4,7 +4,7 @@ gives exactly the one break it should, with that key, and nothing else."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -18,6 +18,7 @@ from ._recon_day import (
     D,
     Rows,
     clean_day,
+    execution,
     fill,
     gap,
     h,
@@ -105,6 +106,15 @@ def test_net_fees_are_stored_per_account_wallet_and_market(engine: Engine) -> No
         3,
     )
     assert len(fees) == 6
+
+
+def test_fills_without_an_instrument_are_counted_not_priced(engine: Engine) -> None:
+    rows = clean_day()
+    rows["instrument"] = []
+    with engine.begin() as conn:
+        load(conn, rows)
+    summary = reconcile(engine, D, report=None, as_of=AS_OF, rules=RuleConfig())
+    assert summary.fees == {"exchange_rows": 0, "chain_rows": 5, "unpriced_exchange_fills": 4}
 
 
 def _missing_from_stream(rows: Rows) -> None:
@@ -282,6 +292,32 @@ def _lost_in_orders_gap(rows: Rows) -> None:
     only(rows, "order_filled_pending", "order_hash", h("a2"))["superseded_at"] = None
 
 
+def test_a_stream_gap_ends_where_the_stream_delivered_again(engine: Engine) -> None:
+    """Ingest may record a resumed-by-time gap as lasting until its wall clock's now; the
+    stream's first new execution after the gap was recorded shows where it really resumed."""
+    detected = datetime(2026, 11, 20, tzinfo=UTC)
+    rows = clean_day()
+    for row in rows["execution"]:
+        late = row["transact_time"] > NOON
+        row["received_at"] = detected + (timedelta(seconds=1) if late else -timedelta(days=1))
+    drop(rows, "execution", "id", "E5")  # at NOON: inside the gap
+    after = execution(
+        "E6",
+        account="ACC2",
+        side="SIDE_SELL",
+        exec_type="EXECUTION_TYPE_NEW",
+        at=NOON + timedelta(minutes=2),
+    )
+    rows["report_execution"].append(after)  # after the stream's first new execution
+    rows["gap_window"].append(
+        {
+            **gap("dropcopy.executions[all]", NOON - timedelta(minutes=1), detected),
+            "detected_at": detected,
+        }
+    )
+    assert run(engine, rows) == {(str(BreakKind.EXECUTION_MISSING_FROM_STREAM), "E6")}
+
+
 @pytest.mark.parametrize(
     ("change", "source"),
     [
@@ -303,6 +339,16 @@ def test_a_feed_gap_explains_what_it_could_have_lost(
         else gap(source, NOON - timedelta(seconds=10), NOON + timedelta(seconds=10))
     )
     assert run(engine, rows) == set()
+
+
+def test_without_a_gap_a_lost_fill_is_three_breaks(engine: Engine) -> None:
+    rows = clean_day()
+    _lost_in_orders_gap(rows)
+    assert run(engine, rows) == {
+        (str(BreakKind.CHAIN_MAKER_TAKER_MISMATCH), h("txA")),
+        (str(BreakKind.CHAIN_PENDING_UNCONFIRMED), f"{h('txA')}|{h('a2')}"),
+        (str(BreakKind.CHAIN_REFUND_ORPHAN), h("a2")),
+    }
 
 
 def test_a_pending_event_within_its_grace_is_not_yet_a_break(engine: Engine) -> None:

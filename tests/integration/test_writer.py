@@ -20,7 +20,13 @@ from sqlalchemy import Engine, create_engine, make_url, text
 
 from app.db.partitions import partition_name
 from app.db.session import make_engine
-from app.domain.events import DeadLetter, Event, ExecutionEvent
+from app.domain.events import (
+    DeadLetter,
+    Event,
+    ExecutionEvent,
+    TradeCaptureEvent,
+    trade_delivery_order,
+)
 from app.ingest import parse
 from app.ingest.writer import BatchWriter, Checkpoint
 from polymarket.v1 import enums_pb2, trading_pb2
@@ -322,8 +328,27 @@ def test_the_reference_day_has_the_merge_semantics(
     assert reference["stream_checkpoint"] == [(datetime(2026, 11, 21, 0, 0, 2, tzinfo=UTC), 38)]
 
 
+def test_the_current_trade_is_the_greatest_delivery(
+    shared_engine: Engine, reference: dict[str, list[tuple[Any, ...]]]
+) -> None:
+    """The SQL merge agrees with the domain's `trade_delivery_order`."""
+    deliveries = [e for e in Day("aced0000").events() if isinstance(e, TradeCaptureEvent)]
+    expected = {
+        trade_id: max((e for e in deliveries if e.id == trade_id), key=trade_delivery_order)
+        for trade_id in {e.id for e in deliveries}
+    }
+    with shared_engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT id, state, update_time, raw FROM trade_capture WHERE id = ANY(:ids)"),
+            {"ids": list(expected)},
+        ).all()
+    assert sorted(tuple(row) for row in stored) == sorted(
+        (e.id, e.state, e.update_time, e.raw) for e in expected.values()
+    )
+
+
 @settings(
-    max_examples=150,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -336,7 +361,7 @@ def test_any_order_and_batching_gives_the_same_tables(
     # Re-deliver a few events on top of the day's own duplicates.
     repeated = data.draw(st.lists(st.sampled_from(events), max_size=5))
     shuffled = data.draw(st.permutations([*events, *repeated]))
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(shuffled) - 1), max_size=4)))
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(shuffled) - 1), max_size=3)))
     batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
     write_all(BatchWriter(shared_engine), ns, batches)
     got = snapshot(shared_engine, ns)
@@ -344,116 +369,116 @@ def test_any_order_and_batching_gives_the_same_tables(
     assert got == reference
 
 
-def test_a_batch_commits_whole_or_not_at_all(engine: Engine) -> None:
-    writer = BatchWriter(engine)
+def test_a_batch_commits_whole_or_not_at_all(shared_engine: Engine) -> None:
+    writer = BatchWriter(shared_engine)
     day = Day("aced0001")
     good = parse.execution(day.execution(1))
     # Only a bug could build this (the parser refuses it); the database's check catches it.
     bad = ExecutionEvent(**{**msgspec.structs.asdict(good), "id": "bad", "last_shares": -1})
+    letter = DeadLetter("aced0001", "why", b"raw")
     with pytest.raises(errors.CheckViolation):
-        writer.write(
-            [good, bad], [DeadLetter("test", "why", b"raw")], Checkpoint("s", b"tok", NOON)
-        )
-    with engine.connect() as conn:
-        for table in ("execution", "dead_letter", "stream_checkpoint"):
-            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
-    writer.write([good], [], Checkpoint("s", b"tok", NOON))
-    assert writer.load_checkpoint("s") == Checkpoint("s", b"tok", NOON)
+        writer.write([good, bad], [letter], Checkpoint("aced0001", b"tok", NOON))
+    assert snapshot(shared_engine, "aced0001")["execution"] == []
+    assert writer.load_checkpoint("aced0001") is None
+    with shared_engine.connect() as conn:
+        letters = "SELECT count(*) FROM dead_letter WHERE source = 'aced0001'"
+        assert conn.execute(text(letters)).scalar_one() == 0
+    writer.write([good], [], Checkpoint("aced0001", b"tok", NOON))
+    assert writer.load_checkpoint("aced0001") == Checkpoint("aced0001", b"tok", NOON)
 
 
-def test_dead_letters_and_checkpoints(engine: Engine) -> None:
-    writer = BatchWriter(engine)
-    assert writer.load_checkpoint("executions[A]") is None
-    result = writer.write(
-        [],
-        [DeadLetter("orders", "unparseable JSON: \x00", b"\xff{")],
-        Checkpoint("feed", None, None),
-    )
+def test_dead_letters_and_checkpoints(shared_engine: Engine) -> None:
+    writer = BatchWriter(shared_engine)
+    stream = "executions[aced0002]"
+    assert writer.load_checkpoint(stream) is None
+    letter = DeadLetter("feed-aced0002", "unparseable JSON: \x00", b"\xff{")
+    result = writer.write([], [letter], Checkpoint("feed-aced0002", None, None))
     assert (result.events, result.dead_letters, result.rows) == (0, 1, {"dead_letter": 1})
     day = Day("aced0002")
     first = [parse.execution(day.execution(n)) for n in (1, 2)]
-    writer.write(first, [], Checkpoint("executions[A]", b"t1", NOON))
-    writer.write(first[:1], [], Checkpoint("executions[A]", b"t2", NOON - timedelta(hours=1)))
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT source, reason, raw FROM dead_letter")).one() == (
-            "orders",
-            "unparseable JSON: \\x00",
-            b"\xff{",
-        )
+    writer.write(first, [], Checkpoint(stream, b"t1", NOON))
+    writer.write(first[:1], [], Checkpoint(stream, b"t2", NOON - timedelta(hours=1)))
+    with shared_engine.connect() as conn:
+        assert conn.execute(
+            text("SELECT reason, raw FROM dead_letter WHERE source = 'feed-aced0002'")
+        ).one() == ("unparseable JSON: \\x00", b"\xff{")
         assert (
             conn.execute(
-                text("SELECT events_total FROM stream_checkpoint WHERE stream = 'executions[A]'")
+                text("SELECT events_total FROM stream_checkpoint WHERE stream = :s"), {"s": stream}
             ).scalar_one()
             == 3
         )
     # The newest token wins; the event time never goes backwards.
-    assert writer.load_checkpoint("executions[A]") == Checkpoint("executions[A]", b"t2", NOON)
+    assert writer.load_checkpoint(stream) == Checkpoint(stream, b"t2", NOON)
 
 
-def test_record_gap(engine: Engine) -> None:
-    writer = BatchWriter(engine)
-    writer.record_gap("orders", NOON, NOON + timedelta(minutes=1), "websocket disconnected")
-    with engine.connect() as conn:
+def test_record_gap(shared_engine: Engine) -> None:
+    writer = BatchWriter(shared_engine)
+    end = NOON + timedelta(minutes=1)
+    writer.record_gap("orders-aced0003", NOON, end, "websocket disconnected")
+    with shared_engine.connect() as conn:
         assert conn.execute(
-            text("SELECT source, start_time, end_time, reason, backfilled_at FROM gap_window")
-        ).one() == ("orders", NOON, NOON + timedelta(minutes=1), "websocket disconnected", None)
+            text(
+                "SELECT start_time, end_time, reason, backfilled_at FROM gap_window "
+                "WHERE source = 'orders-aced0003'"
+            )
+        ).one() == (NOON, end, "websocket disconnected", None)
     with pytest.raises(ValueError, match="before it starts"):
-        writer.record_gap("orders", NOON, NOON - timedelta(seconds=1), "clock")
+        writer.record_gap("orders-aced0003", NOON, NOON - timedelta(seconds=1), "clock")
 
 
-def test_a_dropped_partition_is_made_again(engine: Engine) -> None:
-    writer = BatchWriter(engine)
-    day = Day("aced0003")
-    writer.write([parse.execution(day.execution(1))], [], None)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE {partition_name('execution', DAY)}"))
-    result = writer.write([parse.execution(day.execution(2))], [], None)
+def test_a_dropped_partition_is_made_again(shared_engine: Engine) -> None:
+    writer = BatchWriter(shared_engine)
+    day, when = Day("aced0004"), DAY + timedelta(days=30)
+    writer.write([parse.execution(day.execution(1, day=when))], [], None)
+    with shared_engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {partition_name('execution', when)}"))
+    result = writer.write([parse.execution(day.execution(2, day=when))], [], None)
     assert result.rows["execution"] == 1
 
 
-def test_concurrent_workers_on_new_days(engine: Engine) -> None:
+def test_concurrent_workers_on_new_days(shared_engine: Engine) -> None:
     """Shards writing at once, each needing partitions nobody has made yet."""
-    errors_seen: list[BaseException] = []
+    failures: list[BaseException] = []
 
     def worker(k: int) -> None:
-        writer = BatchWriter(engine)
+        writer = BatchWriter(shared_engine)
         day = Day(f"aced01{k:02d}")
         try:
             for offset in range(3):
                 when = DAY + timedelta(days=10 + offset)
                 events = [parse.execution(day.execution(n, day=when)) for n in range(20)]
-                writer.write(events, [], Checkpoint(f"executions[{k}]", b"t", NOON))
+                writer.write(events, [], Checkpoint(f"executions[aced01{k:02d}]", b"t", NOON))
         except BaseException as exc:  # reported by the main thread
-            errors_seen.append(exc)
+            failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert not errors_seen
+    assert not failures
     assert not any(thread.is_alive() for thread in threads)
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM execution")).scalar_one() == 4 * 3 * 20
-        assert conn.execute(text("SELECT count(*) FROM stream_checkpoint")).scalar_one() == 4
+    with shared_engine.connect() as conn:
+        written = "SELECT count(*) FROM execution WHERE id LIKE 'E-aced01%'"
+        assert conn.execute(text(written)).scalar_one() == 4 * 3 * 20
+        streams = "SELECT count(*) FROM stream_checkpoint WHERE stream LIKE 'executions[aced01%'"
+        assert conn.execute(text(streams)).scalar_one() == 4
 
 
-def test_a_lost_connection_is_not_reused(database_url: str) -> None:
+def test_a_lost_connection_is_not_reused(shared_engine: Engine) -> None:
     """A write that finds its session killed fails; the next one gets a fresh connection."""
-    engine = create_engine(database_url)  # no pre-ping: let the write itself meet the break
+    # No pre-ping, so the write itself meets the dead session; one connection, so it's that one.
+    engine = create_engine(shared_engine.url, pool_size=1, max_overflow=0)
     try:
         writer = BatchWriter(engine)
-        day = Day("aced0004")
+        day = Day("aced0005")
         writer.write([parse.execution(day.execution(1))], [], None)
-        killer = create_engine(database_url)
-        with killer.begin() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
-        killer.dispose()
+        pooled = engine.raw_connection()
+        backend = pooled.driver_connection.info.backend_pid  # type: ignore[union-attr]
+        pooled.close()
+        with shared_engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
         with pytest.raises(errors.OperationalError):
             writer.write([parse.execution(day.execution(2))], [], None)
         assert writer.write([parse.execution(day.execution(2))], [], None).rows["execution"] == 1

@@ -29,6 +29,7 @@ from app.ingest.auth import (
     refresh_delay,
     token_source_from_settings,
 )
+from app.ingest.dropcopy import InsecureChannelRefused, open_channel
 from app.observability import redact
 
 CLIENT_ID = "client-abc"
@@ -83,7 +84,7 @@ def endpoint(private_key: RSAPrivateKey) -> Iterator[TokenEndpoint]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_port}/oauth/token"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield state
     server.shutdown()
@@ -240,3 +241,28 @@ def test_settings_choose_the_source(tmp_path: Path, private_key: RSAPrivateKey) 
         )
     )
     assert isinstance(auth0, Auth0ClientCredentials)
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("127.0.0.1:50051", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("dns:///127.0.0.1:50051", True),
+        ("grpc-api.prod.polymarketexchange.com:443", False),
+        ("10.0.0.5:50051", False),
+    ],
+)
+def test_plaintext_grpc_only_to_loopback(target: str, allowed: bool) -> None:
+    async def scenario() -> None:
+        if allowed:
+            await open_channel(target, tls=False, allow_insecure=False).close()
+        else:
+            with pytest.raises(InsecureChannelRefused, match="RECON_EXCHANGE_TLS"):
+                open_channel(target, tls=False, allow_insecure=False)
+        # Explicitly allowed, or TLS: always fine (nothing connects until a call is made).
+        await open_channel(target, tls=False, allow_insecure=True).close()
+        await open_channel(target, tls=True, allow_insecure=False).close()
+
+    asyncio.run(scenario())
