@@ -38,20 +38,30 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 _known_secrets: set[str] = set()
+# Refreshed access tokens keep arriving: only the newest are kept (older ones have expired and
+# are worth nothing), so a long-running worker's list stays short.
+_rotating_secrets: dict[str, None] = {}
+_ROTATING_MAX = 16
 _known_lock = threading.Lock()
 
 
-def register_secret(value: str | None) -> None:
+def register_secret(value: str | None, *, rotating: bool = False) -> None:
     """Redact this exact value wherever it appears in a log record from now on."""
     # Very short values would shred ordinary words; such a secret would be worthless anyway.
-    if value and len(value) >= 6:
-        with _known_lock:
+    if not value or len(value) < 6:
+        return
+    with _known_lock:
+        if not rotating:
             _known_secrets.add(value)
+            return
+        _rotating_secrets[value] = None
+        while len(_rotating_secrets) > _ROTATING_MAX:
+            del _rotating_secrets[next(iter(_rotating_secrets))]
 
 
 def redact(text: str) -> str:
     with _known_lock:
-        known = sorted(_known_secrets, key=len, reverse=True)
+        known = sorted(_known_secrets.union(_rotating_secrets), key=len, reverse=True)
     for secret in known:
         text = text.replace(secret, REDACTED)
     for pattern, replacement in _PATTERNS:

@@ -1,7 +1,8 @@
 """Benchmark `recon ingest` end to end on loopback: venue process -> worker process -> Postgres.
 
-For each source set (executions alone, the orders feed alone, everything at once) a fresh
-database gets a whole simulated day ingested by a worker subprocess. Prints per source: events,
+For each run (executions alone, the orders feed alone, everything in one worker, everything
+split over two workers: DropCopy and feeds) a fresh database gets a whole simulated day ingested
+by worker subprocesses. Prints per source: events,
 events/s (from the commit times in the database), the rate of a raw psycopg COPY of the very
 same rows into a plain table in this run, the ratio, and the worker's peak RSS.
 
@@ -34,10 +35,19 @@ from app.db.migrate import upgrade  # noqa: E402 - after the path fix for runnin
 TOKEN = "bench-token-0123456789"  # noqa: S105 - the local venue's made-up token
 KEY = "benchkey"
 PARTICIPANT = "firms/F1/users/bench"
+DROPCOPY = [
+    "dropcopy.executions",
+    "dropcopy.trade_captures",
+    "dropcopy.instrument_states",
+    "dropcopy.position_changes",
+]
+FEEDS = ["feed.orders", "feed.trades"]
+# Each run: one worker process per source group, all at once.
 RUNS = {
-    "executions": ["dropcopy.executions"],
-    "orders": ["feed.orders"],
-    "all": [],
+    "executions": [["dropcopy.executions"]],
+    "orders": [["feed.orders"]],
+    "all": [DROPCOPY + FEEDS],
+    "split": [DROPCOPY, FEEDS],
 }
 TABLES = {
     "dropcopy.executions": ["execution"],
@@ -112,10 +122,10 @@ def start_venue(
     return proc, json.loads(line)
 
 
-def run_worker(
-    endpoints: dict[str, str], database_url: str, sources: list[str], batch_rows: int
-) -> tuple[float, int]:
-    """Run a worker until idle; its wall time and peak RSS (bytes)."""
+def run_workers(
+    endpoints: dict[str, str], database_url: str, groups: list[list[str]], batch_rows: int
+) -> tuple[float, list[int]]:
+    """Run one worker per source group until idle; wall time and each one's peak RSS (bytes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
     env.update(
         RECON_DATABASE_URL=database_url,
@@ -128,15 +138,20 @@ def run_worker(
         RECON_INGEST_BATCH_MAX_ROWS=str(batch_rows),
         RECON_LOG_LEVEL="WARNING",
     )
-    args = [*_python("app.ingest.cli:ingest"), "--exit-when-idle", "2"]
-    for source in sources:
-        args += ["--source", source]
     started = time.monotonic()
-    proc = subprocess.Popen(args, env=env, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"worker failed with {os.waitstatus_to_exitcode(status)}")
-    return time.monotonic() - started, usage.ru_maxrss * 1024
+    procs = []
+    for group in groups:
+        args = [*_python("app.ingest.cli:ingest"), "--exit-when-idle", "2"]
+        for source in group:
+            args += ["--source", source]
+        procs.append(subprocess.Popen(args, env=env, cwd=ROOT))
+    peaks = []
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"worker failed with {os.waitstatus_to_exitcode(status)}")
+        peaks.append(usage.ru_maxrss * 1024)
+    return time.monotonic() - started, peaks
 
 
 def measure(conn: psycopg.Connection, source: str) -> Measured:
@@ -184,7 +199,7 @@ def main() -> None:
             "RECON_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
         ),
     )
-    parser.add_argument("--runs", default="executions,orders,all")
+    parser.add_argument("--runs", default="executions,orders,all,split")
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--venue-batch", type=int, default=500)
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-venue")
@@ -201,16 +216,13 @@ def main() -> None:
             name = create_database(args.database_url, template)
             url = with_database(args.database_url, name)
             try:
-                wall, rss = run_worker(endpoints, url, RUNS[run], args.batch_rows)
+                wall, peaks = run_workers(endpoints, url, RUNS[run], args.batch_rows)
                 with psycopg.connect(libpq(url)) as conn:
-                    sources = RUNS[run] or list(TABLES)
-                    results = [measure(conn, s) for s in sources]
+                    results = [measure(conn, s) for group in RUNS[run] for s in group]
             finally:
                 drop_database(args.database_url, name)
-            mib = rss / 2**20
-            print(
-                f"\nrun {run}: worker wall {wall:.1f} s (includes 2 s idle), peak RSS {mib:.0f} MiB"
-            )
+            rss = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
+            print(f"\nrun {run}: wall {wall:.1f} s (includes 2 s idle), peak RSS {rss} MiB")
             print(
                 f"  {'source':28} {'events':>10} {'events/s':>10} {'raw COPY/s':>11} {'ratio':>6}"
             )

@@ -107,6 +107,8 @@ def build_digest(items: Sequence[AlertItem]) -> Digest:
         counts = Counter(item.severity for item in ordered)
         by_severity = ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER if counts[s])
         subject = f"polyrecon: {len(ordered)} breaks ({by_severity})"
+    # A key is venue data: no line break of it may reach an e-mail header.
+    subject = " ".join(subject.split())
     return Digest(subject=subject, lines=tuple(item_line(i) for i in ordered), items=ordered)
 
 

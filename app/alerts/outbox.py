@@ -211,19 +211,21 @@ def _deliver_batch(
     digest = build_digest([_item(row) for row in rows])
     try:
         notifier.send(digest)
-    except DeliveryError as exc:
+    except Exception as exc:  # any failure is retried, never lost
+        # A DeliveryError's text is safe to keep; anything else might quote the URL.
+        error = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
         attempts = max(row.attempts for row in rows) + 1
         next_at = now + retry_delay(policy, attempts, draw())
-        conn.execute(_MARK_FAILED, {"ids": ids, "next": next_at, "error": str(exc)})
+        conn.execute(_MARK_FAILED, {"ids": ids, "next": next_at, "error": error})
         log.warning(
             "alert delivery via %s failed (%d alerts, attempt %d), retry at %s: %s",
             notifier.name,
             len(ids),
             attempts,
             next_at.isoformat(),
-            exc,
+            error,
         )
-        return NotifierOutcome(notifier.name, len(ids), False, str(exc), next_at)
+        return NotifierOutcome(notifier.name, len(ids), False, error, next_at)
     conn.execute(_MARK_DELIVERED, {"ids": ids, "now": now})
     return NotifierOutcome(notifier.name, len(ids), True)
 

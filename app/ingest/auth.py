@@ -171,7 +171,7 @@ class Auth0ClientCredentials:
             if rejected is not None and self._issued and self._issued.access_token != rejected:
                 return
             issued = await asyncio.to_thread(self._fetch)
-            register_secret(issued.access_token)
+            register_secret(issued.access_token, rotating=True)
             self._issued = issued
             self.refreshes += 1
         log.info("exchange access token obtained", extra={"expires_in": issued.expires_in})

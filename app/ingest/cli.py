@@ -59,6 +59,7 @@ def ingest(
     (RECON_EXCHANGE_TOKEN or RECON_AUTH0_*), RECON_PARTICIPANT_ID, the shard filters
     RECON_SYMBOLS / RECON_FIRMS, and RECON_FEED_ORDERS_URL / RECON_FEED_TRADES_URL. Each worker
     opens 4 DropCopy streams; the venue allows 20 per firm, so run at most 5 shards per firm.
+    The feeds are not sharded: with several shards, give them to one worker (--source).
     """
     from app.db.session import database_url, make_engine
     from app.ingest.auth import AuthError, token_source_from_settings
@@ -88,7 +89,8 @@ def ingest(
 
     try:
         code = asyncio.run(main())
-    except IngestFatal as exc:
+    except (IngestFatal, OSError) as exc:
+        # Configuration the worker cannot start with (plaintext refused, metrics port taken).
         typer.secho(f"recon ingest: {exc}", err=True, fg=typer.colors.RED)
         code = 2
     finally:

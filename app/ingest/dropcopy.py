@@ -51,6 +51,9 @@ _FATAL_CODES = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
+# How the venue refuses a resume token: expired, or malformed / for other filters. Without a
+# token in the request the same codes mean our request itself is wrong.
+_TOKEN_REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 class IngestFatal(RuntimeError):
@@ -185,6 +188,7 @@ class DropCopyConsumer:
         self._resume_token: bytes | None = None
         self._resume_time: datetime | None = None
         self._last_event_time: datetime | None = None
+        self._unauthenticated = 0  # consecutive UNAUTHENTICATED answers
 
     def _metadata(self) -> list[tuple[str, str]]:
         # Read per stream open: the venue authorises a stream when it opens, so a refreshed
@@ -216,7 +220,6 @@ class DropCopyConsumer:
                 extra={"last_event_time": str(stored.last_event_time)},
             )
         backoff = BackoffState()
-        unauthenticated = 0
         while True:
             sent_token = self._resume_token
             bearer = self._tokens.current()
@@ -227,44 +230,15 @@ class DropCopyConsumer:
             try:
                 async for response in call:
                     backoff = delivered(backoff)
-                    unauthenticated = 0
+                    self._unauthenticated = 0
                     await self._on_response(response)
                 reason = "stream ended"
                 log.info("%s: the venue ended the stream; reconnecting", self.key)
             except grpc.aio.AioRpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                reason = code.name.lower()
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    unauthenticated += 1
-                    if unauthenticated > 1:
-                        raise IngestFatal(
-                            f"{self.key}: the venue refuses our credentials ({details})"
-                        ) from None
-                    log.warning("%s: token refused, refreshing it and retrying", self.key)
-                    await self._tokens.refresh(rejected=bearer)
+                reason = exc.code().name.lower()
+                if await self._recovered_at_once(exc, sent_token, bearer):
                     self._count_reconnect(reason)
                     continue
-                if sent_token and code in (
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                ):
-                    await self._resume_by_time(code, details)
-                    self._count_reconnect(reason)
-                    continue
-                if code in _FATAL_CODES or code in (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                ):
-                    raise IngestFatal(f"{self.key}: {code.name} {details}") from None
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    log.warning(
-                        "%s: the venue refused another stream (%s); the limit is 20 per firm "
-                        "and each worker opens 4 — backing off",
-                        self.key,
-                        details,
-                    )
-                else:
-                    log.info("%s: stream interrupted (%s %s)", self.key, code.name, details)
             finally:
                 call.cancel()
                 self._status.connected = False
@@ -274,6 +248,35 @@ class DropCopyConsumer:
                 self._settings.backoff, backoff, time.monotonic(), self._rng.random()
             )
             await asyncio.sleep(delay)
+
+    async def _recovered_at_once(
+        self, exc: grpc.aio.AioRpcError, sent_token: bytes | None, bearer: str
+    ) -> bool:
+        """Decide what a failed stream means: True to reopen it at once (the cause is fixed),
+        False to reopen after a backoff; raises IngestFatal when retrying cannot help."""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            self._unauthenticated += 1
+            if self._unauthenticated > 1:
+                raise IngestFatal(f"{self.key}: the venue refuses our credentials ({details})")
+            log.warning("%s: token refused, refreshing it and retrying", self.key)
+            await self._tokens.refresh(rejected=bearer)
+            return True
+        if sent_token and code in _TOKEN_REFUSED:
+            await self._resume_by_time(code, details)
+            return True
+        if code in _FATAL_CODES or code in _TOKEN_REFUSED:
+            raise IngestFatal(f"{self.key}: {code.name} {details}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            log.warning(
+                "%s: the venue refused another stream (%s); the limit is 20 per firm "
+                "and each worker opens 4 — backing off",
+                self.key,
+                details,
+            )
+        else:
+            log.info("%s: stream interrupted (%s %s)", self.key, code.name, details)
+        return False
 
     async def finish(self) -> None:
         """Nothing to close: the stored checkpoint is exactly where the stream resumes."""

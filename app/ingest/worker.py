@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from sqlalchemy import Engine
 
 from app.config import Settings
@@ -150,10 +151,10 @@ class IngestWorker:
             max_delay=self.config.batch_max_delay,
         )
 
-    def _build(self) -> Any:
+    def _build(self) -> grpc.aio.Channel | None:
         """Create the sources; returns the gRPC channel (or None) for closing later."""
         config = self.config
-        channel = None
+        channel: grpc.aio.Channel | None = None
         if config.dropcopy_sources:
             if not config.exchange_target or self._tokens is None:
                 raise IngestFatal("DropCopy sources need RECON_EXCHANGE_TARGET and credentials")
@@ -241,7 +242,7 @@ class IngestWorker:
             finally:
                 await self._shutdown(background)
                 if channel is not None:
-                    await channel.close()
+                    await channel.close(grace=None)
         return 1 if self._fatal is not None else 0
 
     def _on_consumer_done(self, task: asyncio.Task[None]) -> None:

@@ -21,7 +21,7 @@ from app.recon.rules import BUSTED_TRADE, FILL_TYPES, REFUND_LINKS
 # where plain numeric division keeps only about 16 significant digits. Fills whose instrument
 # was never received cannot be priced in dollars: they are counted, not guessed.
 _EXCHANGE = f"""
-WITH per_pair AS MATERIALIZED (
+WITH per_pair AS (
   SELECT e.account, e.symbol,
          sum(greatest(e.commission_notional_collected, 0)) AS charged,
          sum(greatest(-e.commission_notional_collected, 0)) AS rebated,
@@ -34,27 +34,18 @@ WITH per_pair AS MATERIALIZED (
   SELECT p.account, p.symbol, p.fills,
          CAST(p.charged AS numeric(40, 12)) / (i.price_scale * i.fractional_qty_scale) AS gross,
          CAST(p.rebated AS numeric(40, 12)) / (i.price_scale * i.fractional_qty_scale) AS refund
-  FROM per_pair AS p JOIN instrument AS i ON i.symbol = p.symbol
-), stored AS (
-  INSERT INTO net_fee_daily (business_date, scope, scope_key, source, gross_fee, refund,
-                             net_fee, fills)
-  SELECT :business_date,
-         CASE WHEN grouping(account) = 0 THEN 'account' ELSE 'market' END,
-         coalesce(account, symbol), 'exchange',
-         trim_scale(sum(gross)), trim_scale(sum(refund)), trim_scale(sum(gross) - sum(refund)),
-         sum(fills)
-  FROM dollars
-  GROUP BY GROUPING SETS ((account), (symbol))
-  RETURNING 1
+  FROM per_pair AS p LEFT JOIN instrument AS i ON i.symbol = p.symbol
 )
-SELECT (SELECT count(*) FROM stored) AS stored,
-       (SELECT coalesce(sum(p.fills), 0) FROM per_pair AS p
-        WHERE NOT EXISTS (SELECT 1 FROM instrument AS i WHERE i.symbol = p.symbol)) AS unpriced
+SELECT CASE WHEN grouping(account) = 0 THEN 'account' ELSE 'market' END AS scope,
+       coalesce(account, symbol) AS scope_key,
+       trim_scale(sum(gross)) AS gross_fee, trim_scale(sum(refund)) AS refund,
+       coalesce(sum(fills) FILTER (WHERE gross IS NOT NULL), 0) AS fills,
+       coalesce(sum(fills) FILTER (WHERE gross IS NULL), 0) AS unpriced
+FROM dollars
+GROUP BY GROUPING SETS ((account), (symbol))
 """
 
 _CHAIN = """
-INSERT INTO net_fee_daily (business_date, scope, scope_key, source, gross_fee, refund, net_fee,
-                           fills)
 WITH refunds AS (
   SELECT fill_tx_hash, fill_log_index, sum(refund) AS refund
   FROM recon_refund_link WHERE fill_tx_hash IS NOT NULL
@@ -65,13 +56,17 @@ WITH refunds AS (
   LEFT JOIN refunds AS r ON r.fill_tx_hash = o.tx_hash AND r.fill_log_index = o.log_index
   WHERE o.business_date = :business_date AND o.role = 'maker'
 )
-SELECT :business_date,
-       CASE WHEN grouping(user_address) = 0 THEN 'wallet' ELSE 'market' END,
-       coalesce(user_address, condition_id), 'chain',
-       sum(fee), sum(refund), sum(fee) - sum(refund), count(*)
+SELECT CASE WHEN grouping(user_address) = 0 THEN 'wallet' ELSE 'market' END AS scope,
+       coalesce(user_address, condition_id) AS scope_key,
+       sum(fee) AS gross_fee, sum(refund) AS refund, count(*) AS fills, 0 AS unpriced
 FROM fills
 GROUP BY GROUPING SETS ((user_address), (condition_id))
-RETURNING 1
+"""
+
+_STORE = """
+INSERT INTO net_fee_daily (business_date, scope, scope_key, source, gross_fee, refund, net_fee,
+                           fills)
+VALUES (:business_date, :scope, :scope_key, :source, :gross_fee, :refund, :net_fee, :fills)
 """
 
 
@@ -90,10 +85,35 @@ class FeeCounts:
 
 
 def store_net_fees(conn: Connection, business_date: date) -> FeeCounts:
-    """Replace the date's `net_fee_daily` rows, in the caller's transaction."""
+    """Replace the date's `net_fee_daily` rows, in the caller's transaction.
+
+    The sums run as plain SELECTs (Postgres plans no INSERT ... SELECT in parallel) and the
+    day's few thousand totals are written from here, as exact Decimals.
+    """
     params = {"business_date": business_date}
     conn.execute(text(REFUND_LINKS), params)
     conn.execute(text("DELETE FROM net_fee_daily WHERE business_date = :business_date"), params)
-    exchange = conn.execute(text(_EXCHANGE), params).one()
-    chain = len(conn.execute(text(_CHAIN), params).all())
-    return FeeCounts(exchange.stored, chain, int(exchange.unpriced))
+    stored: dict[str, int] = {}
+    unpriced = 0
+    for source, query in (("exchange", _EXCHANGE), ("chain", _CHAIN)):
+        totals = conn.execute(text(query), params).all()
+        # Each fill is in one account row and one market row: count the unpriced once.
+        unpriced += sum(row.unpriced for row in totals if row.scope == "market")
+        rows = [
+            {
+                "business_date": business_date,
+                "scope": row.scope,
+                "scope_key": row.scope_key,
+                "source": source,
+                "gross_fee": row.gross_fee,
+                "refund": row.refund,
+                "net_fee": row.gross_fee - row.refund,
+                "fills": row.fills,
+            }
+            for row in totals
+            if row.gross_fee is not None
+        ]
+        if rows:
+            conn.execute(text(_STORE), rows)
+        stored[source] = len(rows)
+    return FeeCounts(stored["exchange"], stored["chain"], unpriced)

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, text
 
 from app.db.models import Execution, ReportExecution
@@ -329,23 +328,28 @@ PENDING_DRIFT = Rule(
     name="pending_drift",
     kinds=(BreakKind.CHAIN_PENDING_DRIFT,),
     query="""
-SELECT DISTINCT ON (p.tx_hash, p.order_hash)
-       'chain_pending_drift' AS kind, p.tx_hash || '|' || p.order_hash AS key,
-       jsonb_build_object('shares', c.shares, 'price', c.price, 'fee', c.fee) AS expected,
-       jsonb_build_object('shares', p.shares, 'price', p.price, 'fee', p.fee) AS actual,
-       jsonb_build_object('tolerance', :drift_tolerance, 'role', p.role) AS details
-FROM order_filled_pending AS p
-JOIN order_filled AS c
-  ON c.business_date = p.business_date AND c.tx_hash = p.tx_hash
- AND c.order_hash = p.order_hash
-WHERE p.business_date = :business_date AND p.superseded_at IS NOT NULL
-  AND (abs(p.shares - c.shares) > :drift_tolerance * abs(c.shares)
-    OR abs(p.price - c.price) > :drift_tolerance * abs(c.price)
-    OR abs(p.fee - c.fee) > :drift_tolerance * abs(c.fee))
-  AND NOT (p.role = 'taker' AND EXISTS (
-    SELECT 1 FROM recon_found AS f
-    WHERE f.kind = 'chain_maker_taker_mismatch' AND f.key = p.tx_hash))
-ORDER BY p.tx_hash, p.order_hash, c.log_index
+WITH drifted AS MATERIALIZED (
+  SELECT DISTINCT ON (p.tx_hash, p.order_hash)
+         p.tx_hash, p.order_hash, p.role, p.shares, p.price, p.fee,
+         c.shares AS c_shares, c.price AS c_price, c.fee AS c_fee
+  FROM order_filled_pending AS p
+  JOIN order_filled AS c
+    ON c.business_date = p.business_date AND c.tx_hash = p.tx_hash
+   AND c.order_hash = p.order_hash
+  WHERE p.business_date = :business_date AND p.superseded_at IS NOT NULL
+    AND (abs(p.shares - c.shares) > :drift_tolerance * abs(c.shares)
+      OR abs(p.price - c.price) > :drift_tolerance * abs(c.price)
+      OR abs(p.fee - c.fee) > :drift_tolerance * abs(c.fee))
+  ORDER BY p.tx_hash, p.order_hash, c.log_index
+)
+SELECT 'chain_pending_drift' AS kind, d.tx_hash || '|' || d.order_hash AS key,
+       jsonb_build_object('shares', d.c_shares, 'price', d.c_price, 'fee', d.c_fee) AS expected,
+       jsonb_build_object('shares', d.shares, 'price', d.price, 'fee', d.fee) AS actual,
+       jsonb_build_object('tolerance', :drift_tolerance, 'role', d.role) AS details
+FROM drifted AS d
+WHERE NOT (d.role = 'taker' AND EXISTS (
+  SELECT 1 FROM recon_found AS f
+  WHERE f.kind = 'chain_maker_taker_mismatch' AND f.key = d.tx_hash))
 """,
 )
 
@@ -430,7 +434,7 @@ FEED_PROVIDERS = Rule(
     name="feed_providers",
     kinds=(BreakKind.FEED_PROVIDER_MISSING, BreakKind.FEED_PROVIDER_MISMATCH),
     query=f"""
-WITH compared AS (
+WITH compared AS MATERIALIZED (
   SELECT o.tx_hash, o.order_hash, o.event_time, o.condition_id,
          o.shares_normalized AS o_shares, o.price AS o_price,
          t.tx_hash IS NULL AS missing,
@@ -507,9 +511,13 @@ def run_rules(
 
     Rules that need a Report API snapshot are skipped when `params["has_report"]` is false, and
     their kinds are left out of `evaluated` so the lifecycle does not auto-resolve them.
+
+    Each rule runs as a plain SELECT and its (few) rows are staged from here: Postgres never
+    plans an INSERT ... SELECT in parallel, and a day's scans need both cores. The JSON goes
+    through as text so its numbers stay exact.
     """
     conn.execute(text(STAGING))
-    stage_params = {**params, "severities": orjson.dumps(severity_map()).decode()}
+    severities = severity_map()
     results: list[RuleResult] = []
     evaluated: list[BreakKind] = []
     for rule in rules:
@@ -520,17 +528,32 @@ def run_rules(
             conn.execute(text(statement), params)
         rows = conn.execute(
             text(
-                "INSERT INTO recon_found (kind, key, business_date, severity, expected, actual,"
-                " details) SELECT found.kind, found.key, :business_date,"
-                " CAST(:severities AS jsonb) ->> found.kind, found.expected, found.actual,"
-                f" found.details FROM ({rule.query}) AS found"
-                " ON CONFLICT (kind, key) DO NOTHING RETURNING kind"
+                "SELECT found.kind, found.key, CAST(found.expected AS text) AS expected,"
+                " CAST(found.actual AS text) AS actual, CAST(found.details AS text) AS details"
+                f" FROM ({rule.query}) AS found"
             ),
-            stage_params,
-        ).scalars()
+            params,
+        ).all()
         found: dict[str, int] = dict.fromkeys(map(str, rule.kinds), 0)
-        for kind in rows:
-            found[kind] = found.get(kind, 0) + 1
+        if rows:
+            staged = conn.execute(
+                text(
+                    "INSERT INTO recon_found (kind, key, business_date, severity, expected,"
+                    " actual, details) VALUES (:kind, :key, :business_date, :severity,"
+                    " CAST(:expected AS jsonb), CAST(:actual AS jsonb), CAST(:details AS jsonb))"
+                    " ON CONFLICT (kind, key) DO NOTHING RETURNING kind"
+                ),
+                [
+                    {
+                        **row._asdict(),
+                        "business_date": params["business_date"],
+                        "severity": severities[row.kind],
+                    }
+                    for row in rows
+                ],
+            )
+            for kind in staged.scalars():
+                found[kind] += 1
         results.append(RuleResult(rule.name, found, time.perf_counter() - started))
         evaluated.extend(rule.kinds)
     return RulesOutcome(tuple(results), tuple(evaluated))

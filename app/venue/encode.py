@@ -29,104 +29,114 @@ ZERO_BYTES32 = "0x" + "00" * 32
 LEGACY_SOURCE = "alchemy"
 
 
-def timestamp(time_us: int) -> Timestamp:
+def set_time(field: Timestamp, time_us: int) -> None:
     seconds, micros = divmod(time_us, US_PER_S)
-    return Timestamp(seconds=seconds, nanos=micros * 1000)
+    field.seconds = seconds
+    field.nanos = micros * 1000
 
 
-def order_message(order: OrderSnapshot) -> trading_pb2.Order:
-    created = timestamp(order.create_time_us)
-    return trading_pb2.Order(
-        id=order.id,
-        clord_id=order.clord_id,
-        symbol=order.symbol,
-        side=order.side,  # type: ignore[arg-type]  # ints are the enum numbers
-        type=order.order_type,  # type: ignore[arg-type]
-        time_in_force=order.time_in_force,  # type: ignore[arg-type]
-        order_qty=order.order_qty,
-        price=order.price,
-        cum_qty=order.cum_qty,
-        leaves_qty=order.leaves_qty,
-        avg_px=order.avg_px,
-        state=order.state,  # type: ignore[arg-type]
-        account=order.account,
-        participant=order.participant,
-        create_time=created,
-        insert_time=created,
-    )
+# Messages are filled field by field in place: about three times faster than building nested
+# messages from keyword arguments, which copies every sub-message into its parent.
 
 
-def execution_message(execution: Execution) -> trading_pb2.Execution:
+def fill_order(message: trading_pb2.Order, order: OrderSnapshot) -> None:
+    message.id = order.id
+    message.clord_id = order.clord_id
+    message.symbol = order.symbol
+    message.side = order.side  # type: ignore[assignment]  # ints are the enum numbers
+    message.type = order.order_type  # type: ignore[assignment]
+    message.time_in_force = order.time_in_force  # type: ignore[assignment]
+    message.order_qty = order.order_qty
+    message.price = order.price
+    message.cum_qty = order.cum_qty
+    message.leaves_qty = order.leaves_qty
+    message.avg_px = order.avg_px
+    message.state = order.state  # type: ignore[assignment]
+    message.account = order.account
+    message.participant = order.participant
+    set_time(message.create_time, order.create_time_us)
+    set_time(message.insert_time, order.create_time_us)
+
+
+def fill_execution(message: trading_pb2.Execution, execution: Execution) -> None:
+    message.id = execution.id
+    fill_order(message.order, execution.order)
+    message.last_shares = execution.last_shares
+    message.last_px = execution.last_px
+    message.type = execution.exec_type  # type: ignore[assignment]
+    message.text = execution.text
+    set_time(message.transact_time, execution.transact_time_us)
+    message.trade_id = execution.trade_id
+    message.aggressor = execution.aggressor
+    message.commission_notional_collected = execution.commission
     day = execution.business_date
-    return trading_pb2.Execution(
-        id=execution.id,
-        order=order_message(execution.order),
-        last_shares=execution.last_shares,
-        last_px=execution.last_px,
-        type=execution.exec_type,  # type: ignore[arg-type]
-        text=execution.text,
-        transact_time=timestamp(execution.transact_time_us),
-        trade_id=execution.trade_id,
-        aggressor=execution.aggressor,
-        commission_notional_collected=execution.commission,
-        transact_trade_date=trading_pb2.TradeDate(year=day.year, month=day.month, day=day.day),
-    )
+    trade_date = message.transact_trade_date
+    trade_date.year = day.year
+    trade_date.month = day.month
+    trade_date.day = day.day
+
+
+def fill_position(message: trading_pb2.Position, position: PositionState) -> None:
+    message.account = position.account
+    message.symbol = position.symbol
+    message.net_position = position.net_position
+    message.qty_bought = position.qty_bought
+    message.qty_sold = position.qty_sold
+    message.cost = position.cost
+    message.realized = position.realized
+    message.bod_position = 0  # the simulated day starts flat
+    set_time(message.update_time, position.update_time_us)
 
 
 def encode_order(order: OrderSnapshot) -> bytes:
-    return order_message(order).SerializeToString()
+    message = trading_pb2.Order()
+    fill_order(message, order)
+    return message.SerializeToString()
 
 
 def encode_execution(execution: Execution) -> bytes:
-    return execution_message(execution).SerializeToString()
+    message = trading_pb2.Execution()
+    fill_execution(message, execution)
+    return message.SerializeToString()
 
 
 def encode_trade(trade: TradeCapture) -> bytes:
-    return trading_pb2.Trade(
+    message = trading_pb2.Trade(
         id=trade.id,
-        aggressor=execution_message(trade.aggressor),
-        passive=execution_message(trade.passive),
-        trade_type=trade.trade_type,  # type: ignore[arg-type]
+        trade_type=trade.trade_type,  # type: ignore[arg-type]  # ints are the enum numbers
         state=trade.state,  # type: ignore[arg-type]
         text=trade.text,
-        update_time=timestamp(trade.update_time_us),
-    ).SerializeToString()
+    )
+    fill_execution(message.aggressor, trade.aggressor)
+    fill_execution(message.passive, trade.passive)
+    set_time(message.update_time, trade.update_time_us)
+    return message.SerializeToString()
 
 
 def encode_instrument(status: InstrumentStatus) -> bytes:
     spec = status.spec
-    return trading_pb2.Instrument(
+    message = trading_pb2.Instrument(
         symbol=spec.symbol,
-        state=status.state,  # type: ignore[arg-type]
+        state=status.state,  # type: ignore[arg-type]  # ints are the enum numbers
         name=spec.name,
         price_scale=spec.price_scale,
         fractional_qty_scale=spec.fractional_qty_scale,
-        update_time=timestamp(status.update_time_us),
-    ).SerializeToString()
-
-
-def position_message(position: PositionState) -> trading_pb2.Position:
-    return trading_pb2.Position(
-        account=position.account,
-        symbol=position.symbol,
-        net_position=position.net_position,
-        qty_bought=position.qty_bought,
-        qty_sold=position.qty_sold,
-        cost=position.cost,
-        realized=position.realized,
-        bod_position=0,  # the simulated day starts flat
-        update_time=timestamp(position.update_time_us),
     )
+    set_time(message.update_time, status.update_time_us)
+    return message.SerializeToString()
 
 
 def encode_position(position: PositionState) -> bytes:
-    return position_message(position).SerializeToString()
+    message = trading_pb2.Position()
+    fill_position(message, position)
+    return message.SerializeToString()
 
 
 def encode_position_change(position: PositionState) -> bytes:
-    return trading_pb2.PositionChange(
-        position=position_message(position), change_time=timestamp(position.update_time_us)
-    ).SerializeToString()
+    message = trading_pb2.PositionChange()
+    fill_position(message.position, position)
+    set_time(message.change_time, position.update_time_us)
+    return message.SerializeToString()
 
 
 def decimal_text(value: Decimal) -> str:
@@ -141,12 +151,12 @@ def json_number(value: Decimal) -> orjson.Fragment:
     return orjson.Fragment(decimal_text(value))
 
 
-def shares_normalized(shares: int) -> orjson.Fragment:
+def shares_text(shares: int) -> str:
+    """Raw 6-decimal shares as an exact decimal number: 2000000 -> 2, 100500000 -> 100.5."""
     whole, frac = divmod(shares, SHARE_UNIT)
     if not frac:
-        return orjson.Fragment(str(whole))
-    digits = f"{frac:06d}".rstrip("0")
-    return orjson.Fragment(f"{whole}.{digits}")
+        return str(whole)
+    return f"{whole}.{f'{frac:06d}'.rstrip('0')}"
 
 
 def order_filled_json(event: OrderFilled) -> bytes:
@@ -162,7 +172,7 @@ def order_filled_json(event: OrderFilled) -> bytes:
         "market_slug": market.market_slug,
         "condition_id": market.condition_id,
         "shares": event.shares,
-        "shares_normalized": shares_normalized(event.shares),
+        "shares_normalized": orjson.Fragment(shares_text(event.shares)),
         "price": json_number(event.price),
         "tx_hash": event.tx_hash,
         "log_index": None if event.log_index is None else hex(event.log_index),
@@ -209,7 +219,7 @@ def fee_refund_json(event: FeeRefund) -> bytes:
 def legacy_trade_json(event: LegacyTrade) -> bytes:
     market = event.market
     token = market.tokens[event.outcome_index]
-    shares = shares_normalized(event.shares)
+    shares = orjson.Fragment(shares_text(event.shares))
     return orjson.dumps(
         {
             "platform": "polymarket",

@@ -97,6 +97,12 @@ class DayConfig:
                 raise ValueError(f"unknown break kind {kind!r}; known: {', '.join(sorted(known))}")
             if count < 0:
                 raise ValueError(f"break count for {kind} must not be negative")
+        # One spelling per day: plain-string kinds, sorted, no zero counts.
+        normal = {str(kind): count for kind, count in sorted(self.breaks.items()) if count}
+        object.__setattr__(self, "breaks", normal)
+
+    def __hash__(self) -> int:
+        return hash(self.config_hash())
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -105,7 +111,7 @@ class DayConfig:
             if isinstance(value, date):
                 value = value.isoformat()
             elif isinstance(value, dict):
-                value = {str(k): v for k, v in sorted(value.items()) if v}
+                value = dict(value)
             out[f.name] = value
         return out
 

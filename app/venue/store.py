@@ -126,17 +126,21 @@ class VenueStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        meta = dict(self._db().execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("complete") != b"1":
+        try:
+            meta = dict(self._db().execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("complete") != b"1":
+                raise ValueError(f"{path} is not a complete venue store")
+            self.config = DayConfig.from_dict(orjson.loads(meta["config"]))
+            self.config_hash = str(meta["config_hash"].decode())
+            self._truth_json: bytes = meta["truth"]
+            self._lengths: dict[str, int] = {
+                name: self._db().execute(f"SELECT coalesce(max(seq), 0) FROM {name}").fetchone()[0]
+                for name in (*STREAM_NAMES, *_FEED_TABLES.values())
+            }
+        except BaseException:
             self.close()
-            raise ValueError(f"{path} is not a complete venue store")
-        self.config = DayConfig.from_dict(orjson.loads(meta["config"]))
-        self.config_hash = str(meta["config_hash"].decode())
-        self._truth_json: bytes = meta["truth"]
-        self._lengths = {
-            name: self._db().execute(f"SELECT coalesce(max(seq), 0) FROM {name}").fetchone()[0]
-            for name in (*STREAM_NAMES, *_FEED_TABLES.values())
-        }
+            raise
+        self._universe = build_universe(self.config)
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -158,9 +162,9 @@ class VenueStore:
         """The store of `config` at `path`: reused if it is there and built from the same
         config, else generated (into a temporary file renamed into place when complete).
 
-        `progress` is called with the number of rows written so far. `parallel` lets a forked
-        process generate the chain half (default: when the day is big enough to gain from it;
-        only ever from a single-threaded caller); the file is the same either way."""
+        `progress` is called with the number of rows written so far. `parallel` lets a second
+        process generate the chain half (default: when the day is big enough to gain from it);
+        the file is the same either way."""
         if path.is_file():
             with contextlib.suppress(sqlite3.DatabaseError, ValueError, KeyError):
                 existing = cls(path)
@@ -199,7 +203,6 @@ class VenueStore:
             # Each thread uses only its own connection; close() may run on another thread.
             conn = sqlite3.connect(self.path, check_same_thread=False)
             conn.execute("PRAGMA query_only = ON")
-            conn.execute("PRAGMA mmap_size = 268435456")
             with self._lock:
                 self._connections.append(conn)
             self._local.conn = conn
@@ -215,10 +218,13 @@ class VenueStore:
         path.write_bytes(self._truth_json)
 
     def firms(self) -> list[str]:
-        return sorted({a.firm for a in build_universe(self.config).accounts})
+        return sorted({a.firm for a in self._universe.accounts})
+
+    def accounts(self) -> list[str]:
+        return [a.account for a in self._universe.accounts]
 
     def symbols(self) -> list[str]:
-        return [spec.symbol for spec in build_universe(self.config).instruments]
+        return [spec.symbol for spec in self._universe.instruments]
 
     # DropCopy streams ----------------------------------------------------------------------------
 
@@ -263,7 +269,7 @@ class VenueStore:
         return int(row[0]) - 1 if row else self.stream_length(name)
 
     def stream_length(self, name: StreamName) -> int:
-        return int(self._lengths[_stream_table(name)])
+        return self._lengths[_stream_table(name)]
 
     # Report API ----------------------------------------------------------------------------------
 
@@ -356,7 +362,7 @@ class VenueStore:
         return self._feed("trades_feed", after_seq, limit)
 
     def feed_length(self, feed: FeedName) -> int:
-        return int(self._lengths[_FEED_TABLES[feed]])
+        return self._lengths[_FEED_TABLES[feed]]
 
     def _feed(self, table: str, after_seq: int, limit: int) -> list[FeedRow]:
         rows = self._db().execute(
@@ -465,9 +471,9 @@ class _ChainBatch:
 
 def chain_batches(config: DayConfig, universe: Universe) -> Iterator[_ChainBatch]:
     """The chain half of the day as insert-ready batches; runs in the parent or a worker."""
-    seqs: Counter[str] = Counter()
     rows: dict[str, list[Row]] = {table: [] for table in _FEED_TABLES.values()}
-    counts: Counter[str] = Counter()
+    seqs = dict.fromkeys(rows, 0)
+    counts = dict.fromkeys(("order_filled_confirmed", "order_filled_pending", "fee_refund"), 0)
     breaks: list[Break] = []
     size = 0
     for item in chain_day(config, universe):
@@ -477,15 +483,15 @@ def chain_batches(config: DayConfig, universe: Universe) -> Iterator[_ChainBatch
         assert isinstance(item, FeedItem)
         event = item.event
         if isinstance(event, OrderFilled):
+            counts[f"order_filled_{event.status}"] += 1
             status, users, data = (
                 event.status,
                 f"{event.user} {event.taker}",
                 order_filled_json(event),
             )
-            counts[f"order_filled_{status}"] += 1
         elif isinstance(event, FeeRefund):
-            status, users, data = "confirmed", event.user, fee_refund_json(event)
             counts["fee_refund"] += 1
+            status, users, data = "confirmed", event.user, fee_refund_json(event)
         else:
             status, users, data = (
                 "confirmed",
@@ -508,10 +514,11 @@ def chain_batches(config: DayConfig, universe: Universe) -> Iterator[_ChainBatch
         )
         size += 1
         if size == _BATCH:
-            yield _ChainBatch(rows, dict(counts), breaks)
+            yield _ChainBatch(rows, counts, breaks)
             rows = {table: [] for table in _FEED_TABLES.values()}
-            counts, breaks, size = Counter(), [], 0
-    yield _ChainBatch(rows, dict(counts), breaks)
+            counts = dict.fromkeys(counts, 0)
+            breaks, size = [], 0
+    yield _ChainBatch(rows, counts, breaks)
 
 
 def _chain_worker(config: Mapping[str, object], queue: multiprocessing.Queue[object]) -> None:
@@ -701,14 +708,15 @@ class _DayWriter:
 
 
 class _ChainWorker:
-    """The chain half generated in a forked process while this one writes the exchange half.
+    """The chain half generated in a second process while this one writes the exchange half.
 
-    Only forked from a single-threaded process (see `_can_fork`): a fork copies other threads'
-    locks mid-flight, and spawn would re-import the caller's __main__.
+    Spawned, not forked: the caller may run other threads (a progress bar, servers), and a fork
+    would copy their locks mid-flight. Like any spawn, it needs the caller's main module to guard
+    its entry point with `if __name__ == "__main__":`.
     """
 
     def __init__(self, config: DayConfig) -> None:
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("spawn")
         self.queue: multiprocessing.Queue[object] = context.Queue(maxsize=8)
         self.process = context.Process(
             target=_chain_worker, args=(config.to_dict(), self.queue), daemon=True
@@ -742,15 +750,10 @@ class _ChainWorker:
         self.queue.close()
 
 
-def _can_fork() -> bool:
-    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-
-
 def _write_day(
     config: DayConfig, path: Path, progress: Callable[[int], None] | None, *, parallel: bool
 ) -> None:
-    # Forked before this process opens the database, so the child holds no SQLite handle.
-    worker = _ChainWorker(config) if parallel and _can_fork() else None
+    worker = _ChainWorker(config) if parallel else None
     try:
         db = sqlite3.connect(path, isolation_level=None)
         try:

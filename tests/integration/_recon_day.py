@@ -14,12 +14,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.db import models
 from app.db.partitions import ensure_partitions
-from app.recon.report_client import SNAPSHOT_JOB
+from app.recon.report_client import SNAPSHOT_JOB, ReportClientConfig, report_window
 
 D = date(2026, 5, 4)
 NOON = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -296,17 +296,48 @@ def clean_day() -> Rows:
     }
 
 
-def load(conn: Connection, rows: Rows, *, report: bool = True) -> None:
-    """Insert the day (committed by the caller's transaction); `report` records a snapshot."""
-    ensure_partitions(conn, [D - timedelta(days=1), D, D + timedelta(days=1)])
+def rehashed(value: str, days: int) -> str:
+    """A hash made by `h()` as it reads `days` later: hashes are unique per day, as on chain."""
+    parts = value.split("|")
+    return "|".join(
+        part[:-4] + f"{days:04x}" if part.startswith("0x") and len(part) == 66 else part
+        for part in parts
+    )
+
+
+def shifted(rows: Rows, days: int) -> Rows:
+    """The same day `days` later, so that several days can share a database: every date and
+    time moves, and every hash is re-made (fee_refund is keyed by hashes alone)."""
+    by = timedelta(days=days)
+
+    def move(value: Any) -> Any:
+        if isinstance(value, date):
+            return value + by
+        if isinstance(value, str):
+            return rehashed(value, days)
+        return value
+
+    return {
+        name: [{k: move(v) for k, v in row.items()} for row in table]
+        for name, table in rows.items()
+    }
+
+
+def load(conn: Connection, rows: Rows, *, report: bool = True, day: date = D) -> None:
+    """Insert the rows of `day` (committed by the caller's transaction); `report` records a
+    Report API snapshot of that day, taken at the `as_of` of its report positions."""
+    ensure_partitions(conn, [day - timedelta(days=1), day, day + timedelta(days=1)])
     for name, model in TABLES.items():
         if rows.get(name):
-            conn.execute(insert(model.__table__), rows[name])
+            statement = pg_insert(model.__table__)
+            if name == "instrument":  # not per day: the first day's definition serves all
+                statement = statement.on_conflict_do_nothing()
+            conn.execute(statement, rows[name])
     if report:
-        start = datetime(2026, 5, 3, 18, tzinfo=UTC)
-        end = datetime(2026, 5, 5, 6, tzinfo=UTC)
+        as_of = SNAPSHOT_AS_OF + (day - D)
+        start, end = report_window(day, ReportClientConfig().window_margin)
         counts = {
-            "as_of": SNAPSHOT_AS_OF.isoformat(),
+            "as_of": as_of.isoformat(),
             "window_start": start.isoformat(),
             "window_end": end.isoformat(),
         }
@@ -315,11 +346,11 @@ def load(conn: Connection, rows: Rows, *, report: bool = True) -> None:
             [
                 {
                     "job": SNAPSHOT_JOB,
-                    "business_date": D,
+                    "business_date": day,
                     "status": "succeeded",
-                    "started_at": SNAPSHOT_AS_OF,
-                    "finished_at": SNAPSHOT_AS_OF,
-                    "counts": orjson.loads(orjson.dumps(counts)),
+                    "started_at": as_of,
+                    "finished_at": as_of,
+                    "counts": counts,
                 }
             ],
         )

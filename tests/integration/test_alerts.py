@@ -375,3 +375,27 @@ def test_deliver_command_uses_the_configured_notifiers(
     again = CliRunner().invoke(alerts, ["deliver"])
     assert again.exit_code == 0, again.output
     assert again.output.startswith("0 alerts delivered in 0 messages")
+
+
+class Broken:
+    """A notifier with a bug: the error is retried like any failure, its text is not kept."""
+
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send(self, digest: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("https://hooks.example.test/SECRET")
+
+
+def test_an_unexpected_notifier_error_is_retried_and_not_recorded_verbatim(engine: Engine) -> None:
+    broken = Broken()
+    find(engine, ["E-1"], T0)
+    first = deliver_pending(engine, [broken], T0, policy=POLICY)
+    assert (first.failures, first.outcomes[0].error) == (1, "ValueError")
+    assert pending_rows(engine, "broken")[0].last_error == "ValueError"
+    second = deliver_pending(engine, [broken], T0 + POLICY.cap, policy=POLICY)
+    assert (second.messages_sent, broken.calls) == (1, 2)

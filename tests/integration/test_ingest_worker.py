@@ -10,6 +10,7 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -123,3 +124,30 @@ def test_auth0_tokens_refresh_under_live_streams(
     assert sum(s.status.reconnects for s in worker.sources.values()) == 0
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM execution")).scalar_one() == expected
+
+
+def test_symbol_shards_ingest_side_by_side(store: VenueStore, engine: Engine) -> None:
+    symbols = store.symbols()
+    shards = (tuple(symbols[::2]), tuple(symbols[1::2]))
+    with _venue(store) as venue:
+
+        async def main() -> list[int]:
+            workers = [
+                IngestWorker(
+                    replace(_config(venue), symbols=shard), engine, StaticToken(VENUE_TOKENS[0])
+                )
+                for shard in shards
+            ]
+            return list(
+                await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), timeout=60)
+            )
+
+        codes = asyncio.run(main())
+    assert codes == [0, 0]
+    with engine.connect() as conn:
+        executions = conn.execute(text("SELECT count(*) FROM execution")).scalar_one()
+        keys = conn.execute(text("SELECT stream FROM stream_checkpoint")).scalars().all()
+    assert executions == store.stream_length("executions")
+    # Each shard resumes from its own checkpoint: 4 streams x 2 shards.
+    assert len(keys) == 8
+    assert {k.partition("[")[0] for k in keys} == set(DROPCOPY_SOURCES)

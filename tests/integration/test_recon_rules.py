@@ -3,13 +3,15 @@ gives exactly the one break it should, with that key, and nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
+from app.db.session import make_engine
 from app.domain.breaks import BreakKind, RuleConfig
 from app.recon.service import reconcile
 
@@ -25,20 +27,41 @@ from ._recon_day import (
     load,
     pending,
     refund,
+    rehashed,
+    shifted,
 )
 
 AS_OF = NOON + timedelta(hours=1)
 
 
-def run(engine: Engine, rows: Rows, *, report: bool = True) -> set[tuple[str, str]]:
+def run(engine: Engine, rows: Rows, *, report: bool = True, later: int = 0) -> set[tuple[str, str]]:
+    """Load the rows `later` days after D, reconcile that day, return its open breaks."""
+    day = D + timedelta(days=later)
     with engine.begin() as conn:
-        load(conn, rows, report=report)
-    reconcile(engine, D, report=None, as_of=AS_OF, rules=RuleConfig())
+        load(conn, shifted(rows, later), report=report, day=day)
+    reconcile(engine, day, report=None, as_of=AS_OF + timedelta(days=later), rules=RuleConfig())
     with engine.connect() as conn:
-        return {
-            (row.kind, row.key)
-            for row in conn.execute(text("SELECT kind, key FROM recon_break WHERE status = 'open'"))
-        }
+        found = conn.execute(
+            text("SELECT kind, key FROM recon_break WHERE status = 'open' AND business_date = :d"),
+            {"d": day},
+        )
+        return {(row.kind, row.key) for row in found}
+
+
+@pytest.fixture(scope="module")
+def shared(pg_server_url: str, template_database: str) -> Iterator[Engine]:
+    """One database for the many one-change cases, each on its own business date: the rules
+    work per date, and a database per case would cost more than the cases themselves."""
+    name = f"recon_rules_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(pg_server_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    engine = make_engine(make_url(pg_server_url).set(database=name).render_as_string(False))
+    yield engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def only(rows: Rows, table: str, key: str, value: object) -> dict[str, object]:
@@ -114,7 +137,7 @@ def test_fills_without_an_instrument_are_counted_not_priced(engine: Engine) -> N
     with engine.begin() as conn:
         load(conn, rows)
     summary = reconcile(engine, D, report=None, as_of=AS_OF, rules=RuleConfig())
-    assert summary.fees == {"exchange_rows": 0, "chain_rows": 5, "unpriced_exchange_fills": 4}
+    assert summary.fees == {"exchange_rows": 0, "chain_rows": 3, "unpriced_exchange_fills": 4}
 
 
 def _missing_from_stream(rows: Rows) -> None:
@@ -261,11 +284,13 @@ CASES: dict[str, tuple[Callable[[Rows], None], BreakKind, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_one_change_gives_exactly_its_break(engine: Engine, case: str) -> None:
+def test_one_change_gives_exactly_its_break(shared: Engine, case: str) -> None:
     change, kind, key = CASES[case]
     rows = clean_day()
     change(rows)
-    assert run(engine, rows) == {(str(kind), key)}
+    # Three days apart: rules look at the neighbouring days too (legs, refunds).
+    later = 3 * (1 + sorted(CASES).index(case))
+    assert run(shared, rows, later=later) == {(str(kind), rehashed(key, later))}
 
 
 def test_every_break_kind_has_a_case() -> None:

@@ -79,3 +79,10 @@ def test_retry_delay_is_always_between_half_the_ceiling_and_the_ceiling(
     policy = RetryPolicy(base=timedelta(seconds=1), cap=timedelta(hours=1))
     ceiling = min(policy.cap, policy.base * 2 ** min(attempts - 1, 30))
     assert ceiling / 2 <= retry_delay(policy, attempts, draw) <= ceiling
+
+
+def test_subject_never_carries_a_line_break_into_an_email_header() -> None:
+    broken = AlertItem(1, 1, 1, "k", "E-1\r\nBcc: x@example.test", date(2026, 5, 4), "low", "")
+    subject = build_digest([broken]).subject
+    assert "\n" not in subject
+    assert "\r" not in subject

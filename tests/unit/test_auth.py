@@ -257,12 +257,12 @@ def test_settings_choose_the_source(tmp_path: Path, private_key: RSAPrivateKey) 
 def test_plaintext_grpc_only_to_loopback(target: str, allowed: bool) -> None:
     async def scenario() -> None:
         if allowed:
-            await open_channel(target, tls=False, allow_insecure=False).close()
+            await open_channel(target, tls=False, allow_insecure=False).close(None)
         else:
             with pytest.raises(InsecureChannelRefused, match="RECON_EXCHANGE_TLS"):
                 open_channel(target, tls=False, allow_insecure=False)
         # Explicitly allowed, or TLS: always fine (nothing connects until a call is made).
-        await open_channel(target, tls=False, allow_insecure=True).close()
-        await open_channel(target, tls=True, allow_insecure=False).close()
+        await open_channel(target, tls=False, allow_insecure=True).close(None)
+        await open_channel(target, tls=True, allow_insecure=False).close(None)
 
     asyncio.run(scenario())

@@ -50,6 +50,16 @@ def test_registered_secret_is_redacted_anywhere() -> None:
     assert redact("abc abcdef") == "abc abcdef"
 
 
+def test_rotating_secrets_keep_only_the_newest_but_never_evict_fixed_ones() -> None:
+    register_secret("fixed-secret-4a4a")
+    tokens = [f"rotating-token-{n:04d}" for n in range(40)]
+    for token in tokens:
+        register_secret(token, rotating=True)
+    assert redact(tokens[-1]) == REDACTED
+    assert redact(tokens[0]) == tokens[0]  # long expired, no longer tracked
+    assert redact("fixed-secret-4a4a") == REDACTED
+
+
 def _logger(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
     out = io.StringIO()
     handler = logging.StreamHandler(out)

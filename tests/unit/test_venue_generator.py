@@ -68,6 +68,7 @@ LEGACY_FIELDS = [
 class Day:
     """One generated day, sorted by where each item goes."""
 
+    config: DayConfig
     executions: list[ExecutionItem] = field(default_factory=list)
     streams: dict[str, list[StreamItem]] = field(default_factory=lambda: defaultdict(list))
     report_trades: list[ReportTradeItem] = field(default_factory=list)
@@ -82,7 +83,7 @@ class Day:
 
 
 def collect(config: DayConfig) -> Day:
-    day = Day()
+    day = Day(config)
     for item in generate_day(config):
         if isinstance(item, ExecutionItem):
             day.executions.append(item)
@@ -101,9 +102,19 @@ def collect(config: DayConfig) -> Day:
     return day
 
 
-@pytest.fixture(scope="module")
-def day() -> Day:
-    return collect(DayConfig(seed=7, scale=SCALE))
+@pytest.fixture(
+    scope="module",
+    params=[
+        DayConfig(seed=7, scale=SCALE),
+        DayConfig(seed=8, scale=SCALE, breaks=dict.fromkeys(BreakKind, 3)),
+        DayConfig(seed=9, scale=SCALE, breaks={}),
+    ],
+    ids=["two-of-each", "three-of-each", "clean"],
+)
+def day(request: pytest.FixtureRequest) -> Day:
+    """Several seeds, so that a rule broken only by some draw of the dice still shows, and a day
+    without breaks, in which nothing may look like one."""
+    return collect(request.param)
 
 
 def fingerprint(config: DayConfig) -> str:
@@ -126,7 +137,7 @@ def test_every_configured_break_is_injected_once_and_objects_take_one_break_each
     for kind in BreakKind:
         # a dropped transaction leaves two unconfirmed pending rows: its maker's and the aggregate
         per_break = 2 if kind is BreakKind.CHAIN_PENDING_UNCONFIRMED else 1
-        assert counts[kind] == 2 * per_break, kind
+        assert counts[kind] == day.config.breaks.get(kind, 0) * per_break, kind
     assert len({(b.kind, b.key) for b in day.breaks}) == len(day.breaks)
     assert all(b.business_date == date(2026, 5, 4) for b in day.breaks)
     kinds_of: dict[str, set[BreakKind]] = defaultdict(set)
@@ -136,7 +147,11 @@ def test_every_configured_break_is_injected_once_and_objects_take_one_break_each
         elif KIND_POOL[b.kind] == "tx":
             kinds_of[str(b.details.get("tx_hash", b.key.split("|")[0]))].add(b.kind)
     assert all(len(kinds) == 1 for kinds in kinds_of.values())
-    assert len(kinds_of) == 2 * 6 + 2 * 7  # trade breaks + transaction breaks, each on its own
+    configured = sum(
+        n for k, n in day.config.breaks.items() if KIND_POOL[BreakKind(k)] != "position"
+    )
+    order_events = sum(1 for b in day.breaks if KIND_POOL[b.kind] == "order_event")
+    assert len(kinds_of) == configured - order_events  # every trade or transaction break alone
 
 
 def test_too_small_a_day_for_its_breaks_is_refused() -> None:
@@ -164,6 +179,7 @@ def test_each_stream_is_in_time_order_and_report_keys_grow_with_time(day: Day) -
     start = DayConfig().day_start_us
     everything = [*day.orders_feed, *day.trades_feed, *(i for s in day.streams.values() for i in s)]
     assert all(start <= item.time_us < start + 86_400_000_000 for item in everything)
+    assert all(start <= e.transact_time_us < start + 86_400_000_000 for e in stream_execs)
 
 
 def test_executions_differ_between_stream_and_report_only_where_injected(day: Day) -> None:
@@ -437,6 +453,6 @@ def test_exchange_payloads_are_valid_protobuf(day: Day) -> None:
     message = trading_pb2.Execution.FromString(encode_execution(execution))
     assert message.id == execution.id
     assert message.order.account == execution.order.account
-    assert message.type == pb.EXECUTION_TYPE_NEW
+    assert message.type == execution.exec_type
     assert (message.transact_trade_date.year, message.transact_trade_date.day) == (2026, 4)
     assert message.transact_time.ToMicroseconds() == execution.transact_time_us

@@ -198,6 +198,10 @@ def test_streams_are_contiguous_time_ordered_and_filterable(store: VenueStore) -
         trade = trading_pb2.Trade.FromString(row.payload)
         assert "FIRM02" in (trade.aggressor.order.account[:6], trade.passive.order.account[:6])
     assert {r.firm for r in store.stream("instrument_states", 0, [], [], EVERYTHING)} == {""}
+    assert store.firms() == ["FIRM01", "FIRM02", "FIRM03"]
+    assert {r.symbol for r in rows} <= set(store.symbols())
+    assert len(store.symbols()) == CONFIG.instruments
+    assert len(store.accounts()) == CONFIG.firms * CONFIG.accounts_per_firm
 
 
 def test_executions_break_where_the_truth_says(store: VenueStore) -> None:
@@ -403,8 +407,11 @@ def test_search_pagination_returns_each_row_exactly_once(store: VenueStore) -> N
 def test_search_filters_select_exactly_the_matching_rows(store: VenueStore) -> None:
     everything = list(report_executions(store).values())
     times = sorted(e.transact_time.ToMicroseconds() for e in everything)
-    start, end = times[len(times) // 4], times[len(times) // 2]
-    symbol, account = everything[0].order.symbol, everything[0].order.account
+    fills = [e for e in everything if e.type in FILL_TYPES]
+    anchor = fills[len(fills) // 3]
+    start = anchor.transact_time.ToMicroseconds()
+    end = fills[2 * len(fills) // 3].transact_time.ToMicroseconds()
+    symbol, account = anchor.order.symbol, anchor.order.account
     filtered = paginate(
         store.search_executions,
         13,
@@ -513,3 +520,10 @@ def test_open_refuses_a_missing_or_half_built_file(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(ValueError, match="not a complete venue store"):
         VenueStore.open(half)
+
+
+def test_a_failing_chain_worker_fails_the_build_and_leaves_no_file(tmp_path: Path) -> None:
+    too_many = DayConfig(seed=4, scale=0.003, breaks={"chain_taker_missing": 10_000})
+    with pytest.raises(RuntimeError, match="too small"):
+        VenueStore.build(too_many, tmp_path / "day.sqlite", parallel=True)
+    assert list(tmp_path.iterdir()) == []
