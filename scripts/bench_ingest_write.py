@@ -2,7 +2,8 @@
 
 Each kind is written through `BatchWriter.write` (binary COPY into staging, merge ON CONFLICT,
 checkpoint, one transaction per batch) and, in the same run, as a raw psycopg binary COPY of the
-same rows into a plain table without keys or indexes: the floor any Postgres writer pays.
+same rows into a plain table without keys or indexes (the floor any Postgres writer pays) and
+into a table with the target's keys and indexes (what the schema itself costs).
 A second pass re-delivers every row (all duplicates), as after a crash; a third writes them
 anew with `synchronous_commit=False` (what the DropCopy streams may use). The events are parsed
 from venue-shaped protobuf messages and feed JSON frames before the clock starts; the parse
@@ -155,16 +156,22 @@ def through_writer(
     return rate(len(events), started)
 
 
-def raw_copy(url: str, kind: Kind, events: Sequence[Event], size: int) -> float:
-    """The floor: the same rows, binary COPY into a table with no keys, a commit per batch."""
+def raw_copy(url: str, kind: Kind, events: Sequence[Event], size: int, *, keyed: bool) -> float:
+    """The same rows by binary COPY, a commit per batch, into a table with no keys (the floor)
+    or, `keyed`, into an unpartitioned copy of the target with its keys and indexes (what the
+    schema costs before any merging)."""
     columns = [c for c in kind.columns if c != "status"]
     names = ", ".join(columns)
     row: Callable[[Any], tuple[Any, ...]] = kind.row()
-    table = f"plain_{kind.stage}"
+    table = f"{'keyed' if keyed else 'plain'}_{kind.stage}"
+    target = kind.merges[0][0]
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo) as pg:
-        shape = kind.shape.replace("NULL::text AS status, ", "")
-        pg.execute(f"CREATE TABLE {table} AS {shape} WITH NO DATA")
+        if keyed:
+            pg.execute(f"CREATE TABLE {table} (LIKE {target} INCLUDING ALL)")
+        else:
+            shape = kind.shape.replace("NULL::text AS status, ", "")
+            pg.execute(f"CREATE TABLE {table} AS {shape} WITH NO DATA")
         described = pg.execute(f"SELECT {names} FROM {table} LIMIT 0").description or ()
         types = [c.type_code for c in described]
         pg.commit()
@@ -218,7 +225,8 @@ def main() -> None:
             started = time.perf_counter()
             events = [parser_of(raw) for raw in payloads]
             parsed = rate(len(events), started)
-            floor = raw_copy(url, kind, events, args.batch)
+            floor = raw_copy(url, kind, events, args.batch, keyed=False)
+            keyed = raw_copy(url, kind, events, args.batch, keyed=True)
             written = through_writer(engine, label, events, args.batch)
             again = through_writer(engine, label, events, args.batch)
             with engine.begin() as conn:
@@ -227,7 +235,8 @@ def main() -> None:
             print(
                 f"{label:12s} parse {parsed:8,.0f}/s | writer {written:7,.0f} rows/s, "
                 f"re-delivered {again:7,.0f}, synchronous_commit=off {unflushed:7,.0f} | "
-                f"raw COPY {floor:8,.0f} rows/s | writer/raw {written / floor:.2f}"
+                f"raw COPY {floor:8,.0f} rows/s, into keyed table {keyed:7,.0f} | "
+                f"writer/raw {written / floor:.2f}, writer/keyed {written / keyed:.2f}"
             )
         engine.dispose()
     finally:

@@ -126,8 +126,10 @@ class LowWaterMark:
 
     @property
     def value(self) -> datetime | None:
-        seen = [t for t in (self._previous, self._current) if t is not None]
-        return min(seen) if seen else self._stored
+        previous, current = self._previous, self._current
+        if previous is None:
+            return self._stored if current is None else current
+        return previous if current is None or previous <= current else current
 
 
 class _HandshakeFailed(Exception):

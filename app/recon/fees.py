@@ -98,7 +98,7 @@ def store_net_fees(conn: Connection, business_date: date) -> FeeCounts:
     for source, query in (("exchange", _EXCHANGE), ("chain", _CHAIN)):
         totals = conn.execute(text(query), params).all()
         # Each fill is in one account row and one market row: count the unpriced once.
-        unpriced += sum(row.unpriced for row in totals if row.scope == "market")
+        unpriced += sum(int(row.unpriced) for row in totals if row.scope == "market")
         rows = [
             {
                 "business_date": business_date,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -47,7 +47,7 @@ class Rule:
     kinds: tuple[BreakKind, ...]
     query: str
     needs_report: bool = False
-    prepare: tuple[str, ...] = field(default=())
+    prepare: tuple[str, ...] = ()
 
 
 def _in_gap(sources: str, at: str) -> str:
@@ -534,14 +534,17 @@ def run_rules(
             ),
             params,
         ).all()
+        # A rule reports each (kind, key) once; rules never share a kind.
+        unique = {(row.kind, row.key): row for row in reversed(rows)}
         found: dict[str, int] = dict.fromkeys(map(str, rule.kinds), 0)
-        if rows:
-            staged = conn.execute(
+        for kind, _ in unique:
+            found[kind] += 1
+        if unique:
+            conn.execute(
                 text(
                     "INSERT INTO recon_found (kind, key, business_date, severity, expected,"
                     " actual, details) VALUES (:kind, :key, :business_date, :severity,"
                     " CAST(:expected AS jsonb), CAST(:actual AS jsonb), CAST(:details AS jsonb))"
-                    " ON CONFLICT (kind, key) DO NOTHING RETURNING kind"
                 ),
                 [
                     {
@@ -549,11 +552,9 @@ def run_rules(
                         "business_date": params["business_date"],
                         "severity": severities[row.kind],
                     }
-                    for row in rows
+                    for row in unique.values()
                 ],
             )
-            for kind in staged.scalars():
-                found[kind] += 1
         results.append(RuleResult(rule.name, found, time.perf_counter() - started))
         evaluated.extend(rule.kinds)
     return RulesOutcome(tuple(results), tuple(evaluated))

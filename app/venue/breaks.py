@@ -10,7 +10,14 @@ Conventions a reconciler relies on:
 - the DropCopy stream carries the venue's true fills; mismatches alter the Report API's copy;
 - a missing trade leg is absent from the executions stream, the Report API's executions and the
   venue's positions alike, so positions still equal the fills that were delivered;
-- positions are checked against fills net of busted trades.
+- positions are checked against fills net of busted trades;
+- a trade_state_mismatch is a CLEARED re-send that never reached the stream (stream NEW, report
+  CLEARED); a busted trade is CLEARED then BUSTED on the stream and BUSTED in the report;
+- execution_missing_* breaks hit acks, cancels, rejects and expiries, never fills, so they move
+  no position;
+- a chain_pending_unconfirmed transaction (one maker) was dropped: its two pending rows, maker
+  and aggregate, are each a break; transactions with a taker-side break have no pending rows,
+  and every other pending row is confirmed within 1% on price, shares and fee.
 """
 
 from __future__ import annotations
@@ -59,6 +66,15 @@ KIND_POOL: Mapping[BreakKind, Pool] = {
     BreakKind.FEED_PROVIDER_MISMATCH: Pool.TX,
     BreakKind.FEED_PROVIDER_MISSING: Pool.TX,
 }
+
+# Kinds where the Report API's copy of a fill disagrees with the stream's.
+REPORT_MISMATCHES = frozenset(
+    {
+        BreakKind.EXECUTION_QUANTITY_MISMATCH,
+        BreakKind.EXECUTION_PRICE_MISMATCH,
+        BreakKind.EXECUTION_FEE_MISMATCH,
+    }
+)
 
 # Slots land between these fractions of a pool's expected size, so that a day somewhat smaller
 # than estimated still reaches every slot.

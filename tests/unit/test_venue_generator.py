@@ -28,6 +28,7 @@ from app.venue.generator import (
     ReportTradeItem,
     StreamItem,
     apply_fill,
+    build_universe,
     generate_day,
 )
 from app.venue.model import (
@@ -35,6 +36,7 @@ from app.venue.model import (
     BreakKind,
     DayConfig,
     FeeRefund,
+    InstrumentStatus,
     LegacyTrade,
     OrderFilled,
     PositionState,
@@ -456,3 +458,37 @@ def test_exchange_payloads_are_valid_protobuf(day: Day) -> None:
     assert message.type == execution.exec_type
     assert (message.transact_trade_date.year, message.transact_trade_date.day) == (2026, 4)
     assert message.transact_time.ToMicroseconds() == execution.transact_time_us
+
+
+def test_commissions_are_charged_to_takers_and_some_makers_earn_rebates(day: Day) -> None:
+    fills = [i.execution for i in day.executions if i.execution.exec_type in FILL_TYPES]
+    assert all(e.commission >= 0 for e in fills if e.aggressor)
+    assert any(e.commission < 0 for e in fills if not e.aggressor)
+    assert all(e.last_shares > 0 and e.last_px > 0 for e in fills)
+    types = Counter(i.execution.exec_type for i in day.executions)
+    for exec_type in (
+        pb.EXECUTION_TYPE_NEW,
+        pb.EXECUTION_TYPE_PARTIAL_FILL,
+        pb.EXECUTION_TYPE_FILL,
+        pb.EXECUTION_TYPE_CANCELED,
+        pb.EXECUTION_TYPE_REJECTED,
+    ):
+        assert types[exec_type] > 0, exec_type
+    states = [
+        i.value.state
+        for i in day.streams["instrument_states"]
+        if isinstance(i.value, InstrumentStatus)
+    ]
+    assert set(states) >= {
+        pb.INSTRUMENT_STATE_PREOPEN,
+        pb.INSTRUMENT_STATE_OPEN,
+        pb.INSTRUMENT_STATE_CLOSED,
+    }
+
+
+def test_a_day_before_the_v2_switch_is_all_v1_and_after_it_mixes_both() -> None:
+    before = build_universe(DayConfig(business_date=date(2026, 4, 20)))
+    assert {m.version for m in before.markets} == {1}
+    after = build_universe(DayConfig(business_date=date(2026, 5, 20), v1_fraction=0.25))
+    assert sum(m.version == 1 for m in after.markets) == 6
+    assert {m.version for m in after.markets} == {1, 2}

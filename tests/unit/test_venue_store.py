@@ -8,15 +8,16 @@ import json
 import sqlite3
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from app.venue import store as venue_store
-from app.venue.model import STREAM_NAMES, BreakKind, DayConfig
+from app.venue.model import STREAM_NAMES, BreakKind, DayConfig, StreamName
 from app.venue.store import VenueStore
 from polymarket.v1 import enums_pb2 as pb
 from polymarket.v1 import trading_pb2
@@ -55,14 +56,14 @@ def keys_of(store: VenueStore, kind: BreakKind) -> set[str]:
     return {str(b["key"]) for b in breaks_of(store, kind)}
 
 
-def stream_messages(store: VenueStore, name: str) -> list[object]:
+def stream_messages(store: VenueStore, name: StreamName) -> list[Any]:
     parsers = {
         "executions": trading_pb2.Execution,
         "trade_captures": trading_pb2.Trade,
         "instrument_states": trading_pb2.Instrument,
         "position_changes": trading_pb2.PositionChange,
     }
-    rows = store.stream(name, 0, [], [], EVERYTHING)  # type: ignore[arg-type]
+    rows = store.stream(name, 0, [], [], EVERYTHING)
     return [parsers[name].FromString(row.payload) for row in rows]
 
 
@@ -205,7 +206,7 @@ def test_streams_are_contiguous_time_ordered_and_filterable(store: VenueStore) -
 
 
 def test_executions_break_where_the_truth_says(store: VenueStore) -> None:
-    streamed = {e.id: e for e in stream_messages(store, "executions")}  # type: ignore[attr-defined]
+    streamed = {e.id: e for e in stream_messages(store, "executions")}
     reported = report_executions(store)
     assert set(reported) - set(streamed) == keys_of(store, BreakKind.EXECUTION_MISSING_FROM_STREAM)
     assert set(streamed) - set(reported) == keys_of(store, BreakKind.EXECUTION_MISSING_FROM_REPORT)
@@ -236,7 +237,7 @@ def test_executions_break_where_the_truth_says(store: VenueStore) -> None:
 
 
 def test_trades_break_where_the_truth_says(store: VenueStore) -> None:
-    streamed = {e.id for e in stream_messages(store, "executions")}  # type: ignore[attr-defined]
+    streamed = {e.id for e in stream_messages(store, "executions")}
     reported_execs = report_executions(store)
     final: dict[str, trading_pb2.Trade] = {}
     sends: Counter[str] = Counter()
@@ -363,11 +364,13 @@ def test_feed_numbers_are_written_exactly(store: VenueStore) -> None:
             assert as_decimal["shares_normalized"] * 1_000_000 == as_decimal["shares"]
 
 
-def paginate(search: object, page: int, **filters: object) -> list[bytes]:
+def paginate(
+    search: Callable[..., tuple[list[bytes], str | None]], page: int, **filters: object
+) -> list[bytes]:
     out: list[bytes] = []
     after: str | None = None
     for _ in range(10_000):
-        payloads, after = search(after_key=after, limit=page, **filters)  # type: ignore[operator]
+        payloads, after = search(after_key=after, limit=page, **filters)
         out.extend(payloads)
         if after is None:
             return out
