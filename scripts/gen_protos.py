@@ -40,7 +40,8 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for package in {p.parent for p in out.rglob("*_pb2.py")} | {out / "polymarket"}:
+    generated = out / "polymarket"
+    for package in {p.parent for p in generated.rglob("*_pb2.py")} | {generated}:
         (package / "__init__.py").touch()
         (package / "py.typed").touch()
 

@@ -8,6 +8,12 @@ still flushes the other sources, then returns 1 so a supervisor notices.
 
 Operations: Prometheus metrics and `/healthz` on `metrics_port`; a progress line with rows/s per
 source every `progress_interval` seconds (a live table instead when stderr is a terminal).
+
+One process for all sources: on the 2-core reference machine, with the venue and Postgres on
+it too, splitting DropCopy and the feeds into two worker processes measured no faster
+(scripts/bench_ingest.py, run "split") — the machine, not the GIL, is the limit. On a bigger
+host, run several `recon ingest --source ...` processes; checkpoints are per source and shard,
+so any split is safe.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from app.config import Settings
@@ -107,8 +114,8 @@ class IngestConfig:
         return tuple(s for s in DROPCOPY_SOURCES if s in self.sources)
 
 
-def _secret(value: Any) -> str | None:
-    return None if value is None else str(value.get_secret_value())
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 @dataclass(slots=True)
