@@ -141,7 +141,8 @@ def run_workers(
     started = time.monotonic()
     procs = []
     for group in groups:
-        args = [*_python("app.ingest.cli:ingest"), "--exit-when-idle", "2"]
+        args = [sys.executable, "-c", "from app.cli import main; main()", "ingest"]
+        args += ["--exit-when-idle", "2"]
         for source in group:
             args += ["--source", source]
         procs.append(subprocess.Popen(args, env=env, cwd=ROOT))

@@ -52,8 +52,8 @@ INSERT INTO order_filled (business_date, tx_hash, log_index, order_hash, token_i
   complement_token_id, complement_token_label, side, market_slug, condition_id, market_id, title,
   outcome, outcome_index, is_neg_risk, shares, shares_normalized, price, fee, user_address,
   taker_address, role, version, builder, metadata, event_time, raw)
-SELECT :d, '0x' || md5('tx' || t) || md5('tx.' || t), t * 3 + k,
-       '0x' || md5('o' || t || '.' || k) || md5('o.' || t || '.' || k),
+SELECT :d, '0x' || md5(:code || 'tx' || t) || md5(:code || 'tx.' || t), t * 3 + k,
+       '0x' || md5(:code || 'o' || t || '.' || k) || md5(:code || 'o.' || t || '.' || k),
        (1000 + t % :markets)::text, 'Yes', (9000 + t % :markets)::text, 'No',
        CASE WHEN k = 2 THEN 'SELL' ELSE 'BUY' END, 'market-' || t % :markets,
        '0x' || md5('c' || t % :markets) || md5('c.' || t % :markets), (t % :markets)::text,

@@ -88,10 +88,25 @@ def execute(engine: Engine, tick: Tick, work: Work, owner: str | None = None) ->
     return True
 
 
-def reconcile_date(engine: Engine, business_date: date) -> object:
+def reconcile_date(engine: Engine, business_date: date) -> None:
+    """Intraday: reconcile, then send the alerts of new and reopened breaks."""
+    from app.alerts.notifiers import notifiers_from_settings
+    from app.alerts.outbox import RetryPolicy, deliver_pending
     from app.recon.service import reconcile
 
-    return reconcile(engine, business_date)
+    settings = get_settings()
+    reconcile(engine, business_date)
+    deliver_pending(
+        engine, notifiers_from_settings(settings), policy=RetryPolicy.from_settings(settings)
+    )
+
+
+def close_date(engine: Engine, business_date: date) -> None:
+    """End of day: the intraday work, then the nightly report."""
+    from app.reports.build import build_report, default_directory
+
+    reconcile_date(engine, business_date)
+    build_report(engine, business_date, default_directory(get_settings().data_dir, business_date))
 
 
 def run_job(job: str) -> None:
@@ -101,12 +116,15 @@ def run_job(job: str) -> None:
     settings = get_settings()
     now = datetime.now(UTC)
     if job == "intraday":
-        tick = intraday_tick(now, timedelta(minutes=settings.intraday_minutes))
+        tick, work = (
+            intraday_tick(now, timedelta(minutes=settings.intraday_minutes)),
+            reconcile_date,
+        )
     elif job == "end_of_day":
-        tick = end_of_day_tick(now, ZoneInfo(settings.timezone))
+        tick, work = end_of_day_tick(now, ZoneInfo(settings.timezone)), close_date
     else:
         raise ValueError(f"unknown job {job!r}")
-    execute(get_engine(), tick, reconcile_date)
+    execute(get_engine(), tick, work)
 
 
 def configure(

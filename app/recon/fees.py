@@ -45,22 +45,27 @@ FROM dollars
 GROUP BY GROUPING SETS ((account), (symbol))
 """
 
+# Fees from the fills (a parallel scan of the day), refunds from their links (a temp table,
+# which no parallel worker may read): summed apart, then joined by scope.
 _CHAIN = """
-WITH refunds AS (
-  SELECT fill_tx_hash, fill_log_index, sum(refund) AS refund
-  FROM recon_refund_link WHERE fill_tx_hash IS NOT NULL
-  GROUP BY fill_tx_hash, fill_log_index
-), fills AS (
-  SELECT o.user_address, o.condition_id, o.fee, coalesce(r.refund, 0) AS refund
-  FROM order_filled AS o
-  LEFT JOIN refunds AS r ON r.fill_tx_hash = o.tx_hash AND r.fill_log_index = o.log_index
-  WHERE o.business_date = :business_date AND o.role = 'maker'
+WITH fees AS (
+  SELECT CASE WHEN grouping(user_address) = 0 THEN 'wallet' ELSE 'market' END AS scope,
+         coalesce(user_address, condition_id) AS scope_key, sum(fee) AS gross_fee,
+         count(*) AS fills
+  FROM order_filled
+  WHERE business_date = :business_date AND role = 'maker'
+  GROUP BY GROUPING SETS ((user_address), (condition_id))
+), refunds AS (
+  SELECT CASE WHEN grouping(fill_user_address) = 0 THEN 'wallet' ELSE 'market' END AS scope,
+         coalesce(fill_user_address, fill_condition_id) AS scope_key, sum(refund) AS refund
+  FROM recon_refund_link
+  WHERE fill_tx_hash IS NOT NULL
+  GROUP BY GROUPING SETS ((fill_user_address), (fill_condition_id))
 )
-SELECT CASE WHEN grouping(user_address) = 0 THEN 'wallet' ELSE 'market' END AS scope,
-       coalesce(user_address, condition_id) AS scope_key,
-       sum(fee) AS gross_fee, sum(refund) AS refund, count(*) AS fills, 0 AS unpriced
-FROM fills
-GROUP BY GROUPING SETS ((user_address), (condition_id))
+SELECT f.scope, f.scope_key, f.gross_fee, coalesce(r.refund, 0) AS refund, f.fills,
+       0 AS unpriced
+FROM fees AS f
+LEFT JOIN refunds AS r ON r.scope = f.scope AND r.scope_key = f.scope_key
 """
 
 _STORE = """

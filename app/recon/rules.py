@@ -366,7 +366,8 @@ CREATE TEMP TABLE IF NOT EXISTS recon_refund_link ON COMMIT DROP AS
 WITH linked AS MATERIALIZED (
   SELECT DISTINCT ON (f.tx_hash, f.order_hash)
          f.tx_hash, f.order_hash, f.business_date, f.refund, f.fee_charged,
-         o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee
+         o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee,
+         o.user_address AS fill_user_address, o.condition_id AS fill_condition_id
   FROM fee_refund AS f
   LEFT JOIN order_filled AS o
     ON o.business_date = :business_date AND o.order_hash = f.order_hash AND o.role = 'maker'

@@ -43,11 +43,8 @@ DAY = DayConfig(seed=23, business_date=date(2026, 5, 5), scale=0.01, breaks={})
 KILLS = 10
 # The venue paces its streams so that a run takes a few seconds and kills land mid-stream.
 PACE = 4000.0
-WORKER = [
-    sys.executable,
-    "-c",
-    "import typer; from app.ingest.cli import ingest; typer.run(ingest)",
-]
+# `recon ingest`, as the installed entry point runs it.
+WORKER = [sys.executable, "-c", "from app.cli import main; main()", "ingest"]
 
 
 @pytest.fixture(scope="module")
