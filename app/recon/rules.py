@@ -353,49 +353,36 @@ WHERE NOT (d.role = 'taker' AND EXISTS (
 """,
 )
 
-# Each refund tied to the one maker fill of the day it rebates: the fill of its own transaction
+# Each refund of the day tied to the one maker fill it rebates: the fill of its own transaction
 # when there is one, else the order's first maker fill of the day. Refunds and net fees both read
-# this table, so they cannot disagree about which fee a refund belongs to.
-# A refund carries no timestamp, and one that arrived before its fill may be dated by ingest's
-# current day (a confirmed fill arriving later re-dates it): so candidates are refunds dated from
-# the day before on, and an unlinked one belongs to this day if its transaction is this day's,
-# or if it is dated today and no fill of the neighbouring days has its order or transaction
-# (else that day's run owns it).
+# this table, so they cannot disagree about which fee a refund belongs to. (Ingest dates a refund
+# by its fill, re-dating it when the fill arrives after it.) An unlinked refund whose order was
+# filled on a neighbouring day is that day's business (midnight), not an orphan of this one.
 REFUND_LINKS = """
 CREATE TEMP TABLE IF NOT EXISTS recon_refund_link ON COMMIT DROP AS
 WITH linked AS MATERIALIZED (
   SELECT DISTINCT ON (f.tx_hash, f.order_hash)
-         f.tx_hash, f.order_hash, f.business_date, f.refund, f.fee_charged,
+         f.tx_hash, f.order_hash, f.refund, f.fee_charged,
          o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee,
          o.user_address AS fill_user_address, o.condition_id AS fill_condition_id
   FROM fee_refund AS f
   LEFT JOIN order_filled AS o
     ON o.business_date = :business_date AND o.order_hash = f.order_hash AND o.role = 'maker'
-  WHERE f.business_date >= :business_date - 1
+  WHERE f.business_date = :business_date
   ORDER BY f.tx_hash, f.order_hash, (o.tx_hash = f.tx_hash) DESC NULLS LAST, o.event_time,
            o.tx_hash, o.log_index
 )
 SELECT * FROM linked WHERE fill_tx_hash IS NOT NULL
 UNION ALL
 -- The few unlinked ones: index probes each (LIMIT 1 keeps the planner from hashing whole
--- partitions, which would scan every day on file for a handful of rows).
+-- partitions for a handful of rows).
 SELECT l.* FROM linked AS l
 LEFT JOIN LATERAL (
   SELECT 1 AS hit FROM order_filled AS o
-  WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash LIMIT 1) AS tx_today ON true
-LEFT JOIN LATERAL (
-  SELECT 1 AS hit FROM order_filled AS o
-  WHERE o.business_date IN (:business_date - 1, :business_date, :business_date + 1)
+  WHERE o.business_date IN (:business_date - 1, :business_date + 1)
     AND o.order_hash = l.order_hash LIMIT 1
-) AS order_known ON true
-LEFT JOIN LATERAL (
-  SELECT 1 AS hit FROM order_filled AS o
-  WHERE o.business_date IN (:business_date - 1, :business_date, :business_date + 1)
-    AND o.tx_hash = l.tx_hash LIMIT 1
-) AS tx_known ON true
-WHERE l.fill_tx_hash IS NULL
-  AND (tx_today.hit IS NOT NULL
-       OR (l.business_date = :business_date AND order_known.hit IS NULL AND tx_known.hit IS NULL))
+) AS neighbour ON true
+WHERE l.fill_tx_hash IS NULL AND neighbour.hit IS NULL
 """
 
 # A refund carries no time; its transaction's does. An orphan whose transaction happened while

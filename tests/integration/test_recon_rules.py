@@ -226,13 +226,6 @@ def _orphan(rows: Rows) -> None:
     rows["fee_refund"].append({**refund(maker, "0.008"), "order_hash": h("zz")})
 
 
-def _orphan_received_later(rows: Rows) -> None:
-    """The feed gives refunds no time: one that beat its fill is dated by its arrival."""
-    maker = only(rows, "order_filled", "order_hash", h("a1"))
-    late = {**refund(maker, "0.008"), "order_hash": h("zz"), "business_date": D + timedelta(30)}
-    rows["fee_refund"].append(late)
-
-
 def _arithmetic(rows: Rows) -> None:
     only(rows, "fee_refund", "order_hash", h("a1"))["refund"] = Decimal("0.007")
 
@@ -271,7 +264,6 @@ CASES: dict[str, tuple[Callable[[Rows], None], BreakKind, str]] = {
     ),
     "drift": (_drift, BreakKind.CHAIN_PENDING_DRIFT, f"{h('txA')}|{h('a2')}"),
     "orphan": (_orphan, BreakKind.CHAIN_REFUND_ORPHAN, h("zz")),
-    "orphan_received_later": (_orphan_received_later, BreakKind.CHAIN_REFUND_ORPHAN, h("zz")),
     "arithmetic": (_arithmetic, BreakKind.CHAIN_REFUND_ARITHMETIC, h("a1")),
     "feed_missing": (_feed_missing, BreakKind.FEED_PROVIDER_MISSING, f"{h('txA')}|{h('a2')}"),
     "feed_price": (_feed_mismatch_price, BreakKind.FEED_PROVIDER_MISMATCH, f"{h('txA')}|{h('a1')}"),
@@ -374,6 +366,14 @@ def test_without_a_gap_a_lost_fill_is_three_breaks(engine: Engine) -> None:
         (str(BreakKind.CHAIN_PENDING_UNCONFIRMED), f"{h('txA')}|{h('a2')}"),
         (str(BreakKind.CHAIN_REFUND_ORPHAN), h("a2")),
     }
+
+
+def test_a_refund_whose_fill_is_on_the_next_day_is_not_an_orphan(engine: Engine) -> None:
+    rows = clean_day()
+    maker = fill("txZ", 1, "zz", role="maker", shares=1_000_000, user="0xm3", fee="0.008")
+    rows["order_filled"].append({**maker, "business_date": D + timedelta(days=1)})
+    rows["fee_refund"].append(refund(maker, "0.008"))
+    assert run(engine, rows) == set()
 
 
 def test_a_pending_event_within_its_grace_is_not_yet_a_break(engine: Engine) -> None:
