@@ -220,14 +220,17 @@ class SourceSink:
                     self._idle.set()
                 else:
                     self._changed.set()
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("writer for %s failed", self.status.name)
-                self._failure = exc
-                self.status.failure = f"writer failed: {exc}"
+        except asyncio.CancelledError:
             self._idle.set()
             self._room.set()
             raise
+        except Exception as exc:
+            # Kept for the consumer: its next put (or flush) raises it and stops the source.
+            log.exception("writer for %s failed", self.status.name)
+            self._failure = exc
+            self.status.failure = f"writer failed: {exc}"
+            self._idle.set()
+            self._room.set()
 
     async def _fill(self) -> None:
         """Let more puts join the batch until it is full, old enough, or a flush is asked."""
