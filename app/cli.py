@@ -30,7 +30,7 @@ def _configure(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Third-party chatter that helps nobody at 3 a.m.
-    for noisy in ("pgserver", "alembic.runtime.plugins"):
+    for noisy in ("pgserver", "alembic.runtime.plugins", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -145,3 +145,7 @@ _mount()
 
 def main() -> None:
     root()
+
+
+if __name__ == "__main__":
+    main()
