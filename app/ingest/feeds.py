@@ -173,6 +173,7 @@ class FeedConsumer:
             try:
                 async with self._connect() as ws:
                     subscription = await self._handshake(ws)
+                    self._status.touch()
                     self._backoff = connected(self._backoff, time.monotonic())
                     self._status.connected = True
                     self._metrics.connected.labels(self.spec.source).set(1)

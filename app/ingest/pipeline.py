@@ -48,6 +48,7 @@ class SourceStatus:
     name: str
     connected: bool = False
     last_activity: float = field(default_factory=time.monotonic)  # last frame/response read
+    heard: bool = False  # the venue has answered at least once (a response, a feed's ack)
     last_event_time: datetime | None = None
     events_committed: int = 0
     dead_committed: int = 0
@@ -59,6 +60,7 @@ class SourceStatus:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+        self.heard = True
 
 
 def _is_connection_error(exc: BaseException) -> bool:

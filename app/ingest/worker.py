@@ -49,6 +49,9 @@ FEED_SOURCES = (ORDERS.source, TRADES.source)
 ALL_SOURCES = DROPCOPY_SOURCES + FEED_SOURCES
 # A source that has been neither connected nor active this long makes the worker unhealthy.
 UNHEALTHY_AFTER_S = 60.0
+# For --exit-when-idle, a stream the venue has not answered at all is not "quiet" but slow to
+# start (a loaded venue, a long TLS handshake); it counts as idle only after this long.
+UNANSWERED_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,10 +331,12 @@ class IngestWorker:
                     self.stop.set()
 
     def _idle(self, now: float, quiet_for: float) -> bool:
-        return all(
-            now - s.status.last_activity >= quiet_for and s.sink.drained
-            for s in self.sources.values()
-        )
+        for source in self.sources.values():
+            quiet = now - source.status.last_activity
+            needed = quiet_for if source.status.heard else max(quiet_for, UNANSWERED_GRACE_S)
+            if quiet < needed or not source.sink.drained:
+                return False
+        return True
 
     def _log_totals(self) -> None:
         statuses = [s.status for s in self.sources.values()]

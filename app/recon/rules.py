@@ -362,7 +362,7 @@ REFUND_LINKS = """
 CREATE TEMP TABLE IF NOT EXISTS recon_refund_link ON COMMIT DROP AS
 WITH linked AS MATERIALIZED (
   SELECT DISTINCT ON (f.tx_hash, f.order_hash)
-         f.tx_hash, f.order_hash, f.refund, f.fee_charged,
+         f.tx_hash, f.order_hash, f.refund, f.fee_charged, f.received_at,
          o.tx_hash AS fill_tx_hash, o.log_index AS fill_log_index, o.fee AS fill_fee,
          o.user_address AS fill_user_address, o.condition_id AS fill_condition_id
   FROM fee_refund AS f
@@ -385,8 +385,10 @@ LEFT JOIN LATERAL (
 WHERE l.fill_tx_hash IS NULL AND neighbour.hit IS NULL
 """
 
-# A refund carries no time; its transaction's does. An orphan whose transaction happened while
-# the orders feed was down may just have lost its fill.
+# A refund carries no time; its transaction's does, and an orphan whose transaction happened
+# while the orders feed was down may just have lost its fill. When the whole transaction was
+# lost too, the feed's order tells the time: the newest fill that had arrived by the refund's
+# batch (a scan of the day, paid only for such orphans, which only feed losses produce).
 REFUNDS = Rule(
     name="refunds",
     kinds=(BreakKind.CHAIN_REFUND_ORPHAN, BreakKind.CHAIN_REFUND_ARITHMETIC),
@@ -397,7 +399,10 @@ WITH broken AS (
            (SELECT min(o.event_time) FROM order_filled AS o
             WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash),
            (SELECT min(p.event_time) FROM order_filled_pending AS p
-            WHERE p.business_date = :business_date AND p.tx_hash = l.tx_hash)) END AS tx_time
+            WHERE p.business_date = :business_date AND p.tx_hash = l.tx_hash),
+           (SELECT max(o.event_time) FROM order_filled AS o
+            WHERE o.business_date = :business_date AND o.received_at <= l.received_at)
+         ) END AS tx_time
   FROM recon_refund_link AS l
   WHERE l.fill_tx_hash IS NULL OR l.refund + l.fee_charged <> l.fill_fee
 )

@@ -38,7 +38,7 @@ from ._ingest_support import (
 # No injected breaks: those are the reconciler's business; this is about delivery.
 DAY = DayConfig(seed=11, business_date=date(2026, 5, 4), scale=0.01, breaks={})
 FAULTS = (
-    "disconnect_every=700,duplicate_rate=0.05,reorder_window=8,token_ttl_s=0.05,"
+    "disconnect_every=700,duplicate_rate=0.2,reorder_window=8,token_ttl_s=0.05,"
     "ws_drop_every=500,malformed_rate=0.003,seed=5"
 )
 
@@ -55,7 +55,7 @@ def truth(store: VenueStore) -> Truth:
 
 def _venue_options(faults: str) -> VenueOptions:
     return VenueOptions(
-        grpc=GrpcOptions(tokens=frozenset({TOKEN}), batch_size=200),
+        grpc=GrpcOptions(tokens=frozenset({TOKEN}), batch_size=100),
         # A small outbox: what a dropped connection had queued is lost, keep that modest.
         feeds=FeedOptions(keys=frozenset({FEED_KEY}), outbox_frames=64),
         faults=FaultSpec.parse(faults),

@@ -226,6 +226,12 @@ def _orphan(rows: Rows) -> None:
     rows["fee_refund"].append({**refund(maker, "0.008"), "order_hash": h("zz")})
 
 
+def _orphan_of_a_lost_transaction(rows: Rows) -> None:
+    """A refund whose whole transaction we never saw: no fill, no pending event."""
+    maker = fill("txQ", 1, "q1", role="maker", shares=1_000_000, user="0xm3", fee="0.008")
+    rows["fee_refund"].append(refund(maker, "0.006"))
+
+
 def _arithmetic(rows: Rows) -> None:
     only(rows, "fee_refund", "order_hash", h("a1"))["refund"] = Decimal("0.007")
 
@@ -264,6 +270,11 @@ CASES: dict[str, tuple[Callable[[Rows], None], BreakKind, str]] = {
     ),
     "drift": (_drift, BreakKind.CHAIN_PENDING_DRIFT, f"{h('txA')}|{h('a2')}"),
     "orphan": (_orphan, BreakKind.CHAIN_REFUND_ORPHAN, h("zz")),
+    "orphan_of_a_lost_transaction": (
+        _orphan_of_a_lost_transaction,
+        BreakKind.CHAIN_REFUND_ORPHAN,
+        h("q1"),
+    ),
     "arithmetic": (_arithmetic, BreakKind.CHAIN_REFUND_ARITHMETIC, h("a1")),
     "feed_missing": (_feed_missing, BreakKind.FEED_PROVIDER_MISSING, f"{h('txA')}|{h('a2')}"),
     "feed_price": (_feed_mismatch_price, BreakKind.FEED_PROVIDER_MISMATCH, f"{h('txA')}|{h('a1')}"),
@@ -340,6 +351,8 @@ def test_a_stream_gap_ends_where_the_stream_delivered_again(engine: Engine) -> N
     [
         # would be a maker/taker mismatch, an unconfirmed pending event and an orphan refund
         (_lost_in_orders_gap, "feed.orders"),
+        # the refund arrived with (after) fills of NOON, inside the gap
+        (_orphan_of_a_lost_transaction, "feed.orders"),
         (_feed_missing, "feed.trades"),
         (_feed_mismatch_price, "feed.orders"),
         (_unconfirmed, "feed.orders"),
