@@ -305,8 +305,10 @@ FILL_COLUMNS = (
 )
 # A pending fill and its confirmation share (tx_hash, order_hash); the pending one's timestamp is
 # a few seconds earlier, so it may sit in the previous day's partition (or, with clock skew, the
-# next one's). The window also lets each lookup prune to three partitions.
-NEAR_DAYS = "BETWEEN {day} - 1 AND {day} + 1"
+# next one's). The window also lets each lookup prune to three partitions. Written as three
+# equalities, not a BETWEEN: a range on the index's leading column would scan every index entry of
+# those days per looked-up row, instead of three point probes on (business_date, tx_hash, ...).
+NEAR_DAYS = "= ANY(ARRAY[{day} - 1, {day}, {day} + 1])"
 ORDER_FILLED = Kind(
     stage="ingest_stage_order_filled",
     columns=("status", *FILL_COLUMNS, "log_index"),
