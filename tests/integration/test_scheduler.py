@@ -13,7 +13,8 @@ from app.config import Settings
 from app.jobs.scheduler import configure, execute, intraday_tick
 
 EVERY = timedelta(seconds=1)
-_engine: Engine | None = None
+# The job store calls `probe_job` by reference, so the test hands it the engine through here.
+shared: dict[str, Engine] = {}
 _lock = threading.Lock()
 attempts: list[str] = []
 runs: list[str] = []
@@ -21,7 +22,7 @@ runs: list[str] = []
 
 def probe_job(job: str) -> None:
     """Stands in for `run_job`: same tick claim, fake work that records what ran."""
-    assert _engine is not None
+    engine = shared["engine"]
     tick = intraday_tick(datetime.now(UTC), EVERY)
     with _lock:
         attempts.append(tick.key)
@@ -30,12 +31,11 @@ def probe_job(job: str) -> None:
         with _lock:
             runs.append(tick.key)
 
-    execute(_engine, tick, work)
+    execute(engine, tick, work)
 
 
 def test_two_schedulers_run_each_tick_once(engine: Engine) -> None:
-    global _engine
-    _engine = engine
+    shared["engine"] = engine
     attempts.clear()
     runs.clear()
     settings = Settings(eod_time="03:00", timezone="UTC")
