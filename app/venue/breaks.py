@@ -29,9 +29,9 @@ from dataclasses import replace
 from decimal import Decimal
 from enum import StrEnum
 
+from app.domain.breaks import BreakKind
 from app.venue.model import (
     Break,
-    BreakKind,
     DayConfig,
     Execution,
     FeeRefund,

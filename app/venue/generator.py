@@ -21,6 +21,7 @@ from functools import partial
 from itertools import accumulate
 from typing import Literal
 
+from app.domain.breaks import BreakKind
 from app.venue.breaks import (
     REPORT_MISMATCHES,
     Pool,
@@ -39,7 +40,6 @@ from app.venue.model import (
     US_PER_S,
     Account,
     Break,
-    BreakKind,
     DayConfig,
     Execution,
     FeedName,

@@ -27,13 +27,13 @@ from app.domain.breaks import (
 )
 from app.recon.report_client import TokenBucket, report_window
 from app.recon.rules import RULES
-from app.venue.model import BreakKind as VenueBreakKind
+from app.venue.model import INJECTABLE_KINDS
 
 
 def test_every_kind_the_venue_injects_is_one_we_know() -> None:
-    assert {str(k) for k in VenueBreakKind} <= {str(k) for k in BreakKind}
+    assert set(INJECTABLE_KINDS) <= set(BreakKind)
     # The one kind the venue never injects is drift beyond tolerance (it stays within 1%).
-    assert {str(k) for k in BreakKind} - {str(k) for k in VenueBreakKind} == {"chain_pending_drift"}
+    assert set(BreakKind) - set(INJECTABLE_KINDS) == {BreakKind.CHAIN_PENDING_DRIFT}
 
 
 def test_every_kind_has_a_severity_and_a_rule_that_finds_it() -> None:

@@ -12,6 +12,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from app.domain.breaks import BreakKind
 from app.venue.breaks import KIND_POOL
 from app.venue.encode import (
     decimal_text,
@@ -32,8 +33,8 @@ from app.venue.generator import (
     generate_day,
 )
 from app.venue.model import (
+    INJECTABLE_KINDS,
     Break,
-    BreakKind,
     DayConfig,
     FeeRefund,
     InstrumentStatus,
@@ -108,7 +109,7 @@ def collect(config: DayConfig) -> Day:
     scope="module",
     params=[
         DayConfig(seed=7, scale=SCALE),
-        DayConfig(seed=8, scale=SCALE, breaks=dict.fromkeys(BreakKind, 3)),
+        DayConfig(seed=8, scale=SCALE, breaks=dict.fromkeys(INJECTABLE_KINDS, 3)),
         DayConfig(seed=9, scale=SCALE, breaks={}),
     ],
     ids=["two-of-each", "three-of-each", "clean"],
@@ -136,7 +137,7 @@ def test_every_configured_break_is_injected_once_and_objects_take_one_break_each
     day: Day,
 ) -> None:
     counts = Counter(b.kind for b in day.breaks)
-    for kind in BreakKind:
+    for kind in INJECTABLE_KINDS:
         # a dropped transaction leaves two unconfirmed pending rows: its maker's and the aggregate
         per_break = 2 if kind is BreakKind.CHAIN_PENDING_UNCONFIRMED else 1
         assert counts[kind] == day.config.breaks.get(kind, 0) * per_break, kind

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
+from app.domain.breaks import BreakKind
 from app.venue import store as venue_store
-from app.venue.model import STREAM_NAMES, BreakKind, DayConfig, StreamName
+from app.venue.model import INJECTABLE_KINDS, STREAM_NAMES, DayConfig, StreamName
 from app.venue.store import VenueStore
 from polymarket.v1 import enums_pb2 as pb
 from polymarket.v1 import trading_pb2
@@ -166,7 +167,7 @@ def test_truth_is_sorted_and_counts_what_is_served(store: VenueStore, tmp_path: 
     breaks = truth["breaks"]
     assert isinstance(breaks, list)
     assert breaks == sorted(breaks, key=lambda b: (b["kind"], b["key"]))
-    assert {b["kind"] for b in breaks} == {str(k) for k in BreakKind}
+    assert {b["kind"] for b in breaks} == {str(k) for k in INJECTABLE_KINDS}
     counts = truth["counts"]
     assert isinstance(counts, dict)
     for name in STREAM_NAMES:
