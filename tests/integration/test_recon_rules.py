@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from app.db.session import make_engine
-from app.domain.breaks import BreakKind, RuleConfig
+from app.domain.breaks import BreakKind, RuleConfig, exceeds_tolerance
 from app.recon.service import reconcile
 
 from ._recon_day import (
@@ -369,6 +369,21 @@ def test_a_feed_gap_explains_what_it_could_have_lost(
         else gap(source, NOON - timedelta(seconds=10), NOON + timedelta(seconds=10))
     )
     assert run(engine, rows) == set()
+
+
+def test_the_drift_rule_applies_the_domain_tolerance(shared: Engine) -> None:
+    """PENDING_DRIFT's SQL test is `exceeds_tolerance`, value for value."""
+    values = [Decimal(v) for v in ("0", "0.4", "0.404", "0.4041", "0.396", "2000000", "1979999")]
+    pairs = [(e, a) for e in values for a in values]
+    with shared.connect() as conn:
+        exceeds = conn.execute(
+            text(
+                "SELECT abs(a - e) > CAST(:t AS numeric) * abs(e)"
+                " FROM unnest(CAST(:e AS numeric[]), CAST(:a AS numeric[])) AS v(e, a)"
+            ),
+            {"t": Decimal("0.01"), "e": [e for e, _ in pairs], "a": [a for _, a in pairs]},
+        ).scalars()
+        assert list(exceeds) == [exceeds_tolerance(e, a, Decimal("0.01")) for e, a in pairs]
 
 
 def test_without_a_gap_a_lost_fill_is_three_breaks(engine: Engine) -> None:
