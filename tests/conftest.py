@@ -20,6 +20,8 @@ from sqlalchemy import Engine, make_url, text
 
 from app.db.session import make_engine, sqlalchemy_url
 
+pytest_plugins = ["tests.guarantees"]
+
 
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:
