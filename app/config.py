@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 CommaList = Annotated[list[str], NoDecode]
+
+# libpq modes that refuse to talk without TLS (`prefer`, the default, falls back to plaintext).
+_DATABASE_TLS_MODES = frozenset({"require", "verify-ca", "verify-full"})
+# Schemes that send what they carry in the clear, and their TLS counterparts.
+_PLAINTEXT_SCHEMES = {"ws": "wss", "http": "https"}
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1; anything else (names included) may leave the machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def grpc_target_host(target: str) -> str:
+    """The host of a gRPC target: `host:port`, `[::1]:port` or `dns:///host:port`."""
+    address = target.rsplit("/", 1)[-1]
+    return address.rpartition(":")[0] or address
 
 
 class Settings(BaseSettings):
     """Everything polyrecon can be told; each field is `RECON_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RECON_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a validation error must not print the tokens and URLs it was given.
+    model_config = SettingsConfigDict(
+        env_prefix="RECON_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = Field(
         default=None, description="Postgres URL; unset starts the embedded Postgres"
@@ -44,6 +74,11 @@ class Settings(BaseSettings):
     exchange_allow_insecure: bool = Field(
         default=False, description="allow plaintext gRPC to a non-loopback host (never in prod)"
     )
+    allow_insecure_nonloopback: bool = Field(
+        default=False,
+        description="allow ws:// feeds, http:// webhooks and a database without sslmode=require"
+        " to non-loopback hosts (never in prod; gRPC has RECON_EXCHANGE_ALLOW_INSECURE)",
+    )
     ingest_resume_overlap_seconds: float = Field(
         default=60.0, ge=0, description="re-read this much before the last event on token expiry"
     )
@@ -53,7 +88,8 @@ class Settings(BaseSettings):
     ingest_progress_seconds: float = Field(default=10.0, gt=0, description="progress log period")
     metrics_host: str = "127.0.0.1"
 
-    intraday_minutes: int = Field(default=15, ge=1, description="intraday reconcile interval")
+    # A float so that tests and soak runs can tick every few seconds (0.05 = 3 s).
+    intraday_minutes: float = Field(default=15, gt=0, description="intraday reconcile interval")
     eod_time: str = Field(default="18:30", pattern=r"^\d{2}:\d{2}$", description="end-of-day HH:MM")
     timezone: str = Field(default="America/New_York", description="time zone of eod_time")
     misfire_grace_seconds: int = Field(default=600, ge=1)
@@ -91,6 +127,73 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> Settings:
+        problems = self.plaintext_endpoints()
+        if problems:
+            raise PydanticCustomError(
+                "plaintext_endpoint", "{problems}", {"problems": "\n".join(problems)}
+            )
+        return self
+
+    def plaintext_endpoints(self) -> list[str]:
+        """Why each configured non-loopback endpoint would be reached without TLS.
+
+        Messages name the variable and the host only: the URLs themselves carry keys.
+        """
+        problems = []
+        target_host = grpc_target_host(self.exchange_target)
+        if not (self.exchange_tls or self.exchange_allow_insecure or is_loopback_host(target_host)):
+            problems.append(
+                f"RECON_EXCHANGE_TARGET: plaintext gRPC (RECON_EXCHANGE_TLS=false) to"
+                f" {target_host}; turn TLS on, or set RECON_EXCHANGE_ALLOW_INSECURE=true if you"
+                " really mean it"
+            )
+        if self.allow_insecure_nonloopback:
+            return problems
+        alert_urls = self.alert_urls.get_secret_value().split(",")
+        urls = [
+            ("RECON_FEED_ORDERS_URL", self.feed_orders_url),
+            ("RECON_FEED_TRADES_URL", self.feed_trades_url),
+            *(("RECON_ALERT_URLS", SecretStr(url)) for url in alert_urls),
+        ]
+        for name, url in urls:
+            parts = urllib.parse.urlsplit(url.get_secret_value().strip() if url else "")
+            host = parts.hostname or ""
+            if parts.scheme in _PLAINTEXT_SCHEMES and not is_loopback_host(host):
+                problems.append(
+                    f"{name}: {parts.scheme}:// to {host} is plaintext and the URL carries its key;"
+                    f" use {_PLAINTEXT_SCHEMES[parts.scheme]}://, or set"
+                    " RECON_ALLOW_INSECURE_NONLOOPBACK=true"
+                )
+        remote = _remote_database_hosts(self.database_url)
+        if remote:
+            problems.append(
+                f"RECON_DATABASE_URL: {','.join(remote)} without TLS; add ?sslmode=require"
+                " (or verify-full), or set RECON_ALLOW_INSECURE_NONLOOPBACK=true"
+            )
+        return problems
+
+
+def _remote_database_hosts(database_url: SecretStr | None) -> list[str]:
+    """The non-loopback hosts a database URL reaches without a TLS-only sslmode.
+
+    Hosts are the URL's and any `?host=` (libpq's multi-host form); a host that is a directory
+    is a Unix socket, local like no host at all.
+    """
+    if database_url is None:
+        return []
+    try:
+        url = make_url(database_url.get_secret_value())
+    except (ArgumentError, ValueError):
+        return []  # cannot connect either: the connection attempt will say so
+    if url.query.get("sslmode") in _DATABASE_TLS_MODES:
+        return []
+    extra = url.query.get("host", ())
+    hosts = [url.host or "", *([extra] if isinstance(extra, str) else extra)]
+    names = [h.rpartition(":")[0] if h.count(":") == 1 else h for h in hosts]
+    return [h for h in names if h and not h.startswith("/") and not is_loopback_host(h)]
 
 
 @lru_cache(maxsize=1)

@@ -7,13 +7,17 @@ import logging
 import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 REDACTED = "[REDACTED]"
 
@@ -57,6 +61,38 @@ def register_secret(value: str | None, *, rotating: bool = False) -> None:
         _rotating_secrets[value] = None
         while len(_rotating_secrets) > _ROTATING_MAX:
             del _rotating_secrets[next(iter(_rotating_secrets))]
+
+
+def register_settings_secrets(settings: Settings, database_url: str | None = None) -> None:
+    """Register every credential the configuration holds, before anything can log it.
+
+    `database_url` is the URL in use when it is not the configured one (embedded Postgres).
+    """
+    for secret in (settings.exchange_token, settings.alert_smtp_password):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    configured = settings.database_url.get_secret_value() if settings.database_url else None
+    for url in (configured, database_url):
+        if url is not None:
+            _register_password(url)
+    endpoints = [
+        u.get_secret_value() for u in (settings.feed_orders_url, settings.feed_trades_url) if u
+    ]
+    endpoints += settings.alert_urls.get_secret_value().split(",")
+    for url in (u.strip() for u in endpoints):
+        # A feed's API key is the last segment of its path; a webhook's token is somewhere in
+        # its path or query; an SMTP URL may carry a password.
+        parts = urllib.parse.urlsplit(url)
+        for part in (url, parts.path, parts.path.rstrip("/").rpartition("/")[2], parts.query):
+            register_secret(part)
+        _register_password(url)
+
+
+def _register_password(url: str) -> None:
+    password = urllib.parse.urlsplit(url).password
+    if password is not None:
+        register_secret(password)
+        register_secret(urllib.parse.unquote(password))
 
 
 def redact(text: str) -> str:
@@ -233,7 +269,9 @@ class MetricsServer:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == "/healthz":
                 ok, details = health()
-                body = json.dumps({"status": "ok" if ok else "unhealthy", **details}).encode()
+                # Failure texts may quote what a peer answered, and a peer may echo a credential.
+                doc = {"status": "ok" if ok else "unhealthy", **details}
+                body = redact(json.dumps(doc)).encode()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 start_response(status, [("Content-Type", "application/json")])
                 return [body]

@@ -6,6 +6,11 @@ by worker subprocesses. Prints per source: events,
 events/s (from the commit times in the database), the rate of a raw psycopg COPY of the very
 same rows into a plain table in this run, the ratio, and the worker's peak RSS.
 
+Per run it also prints the CPU time per event of each process (worker, venue, and the Postgres
+backends serving the run, read from /proc when Postgres is local): on a host shared with other
+work, events/s swing with the load, CPU per event much less; and nproc divided by the sum is the
+rate the machine could reach with nothing else running.
+
     .venv/bin/python scripts/bench_ingest.py --scale 0.1      # ~100k chain events
     .venv/bin/python scripts/bench_ingest.py --scale 5 --runs all   # ~5M chain events
 """
@@ -19,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ RUNS = {
     "split": [DROPCOPY, FEEDS],
 }
 RAW_SAMPLE = 500_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TABLES = {
     "dropcopy.executions": ["execution"],
     "dropcopy.trade_captures": ["trade_capture_state"],
@@ -132,10 +139,61 @@ def start_venue(
     return proc, json.loads(line)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class BackendCpu(threading.Thread):
+    """CPU seconds of the local Postgres backends serving one database, sampled every 0.1 s
+    while the run lasts (so the last moments of a backend that exits are missed)."""
+
+    def __init__(self, database: str) -> None:
+        super().__init__(daemon=True)
+        self._tag = f" {database} ".encode()
+        self._seen: dict[int, float] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ") + b" "
+                except OSError:
+                    continue
+                if self._tag in cmdline:
+                    seconds = cpu_seconds(int(entry.name))
+                    if seconds is not None:
+                        self._seen[int(entry.name)] = seconds
+
+    def stop(self) -> float | None:
+        self._done.set()
+        self.join()
+        return sum(self._seen.values()) if self._seen else None
+
+
+@dataclass
+class RunCpu:
+    workers: float
+    venue: float
+    postgres: float | None
+
+
 def run_workers(
-    endpoints: dict[str, str], database_url: str, groups: list[list[str]], batch_rows: int
-) -> tuple[float, list[int]]:
-    """Run one worker per source group until idle; wall time and each one's peak RSS (bytes)."""
+    endpoints: dict[str, str],
+    database_url: str,
+    groups: list[list[str]],
+    batch_rows: int,
+    venue_pid: int,
+) -> tuple[float, list[int], RunCpu]:
+    """Run one worker per source group until idle: wall time, each one's peak RSS (bytes) and
+    the CPU seconds the run cost each process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
     env.update(
         RECON_DATABASE_URL=database_url,
@@ -148,6 +206,9 @@ def run_workers(
         RECON_INGEST_BATCH_MAX_ROWS=str(batch_rows),
         RECON_LOG_LEVEL="WARNING",
     )
+    backends = BackendCpu(make_url(database_url).database or "")
+    backends.start()
+    venue_before = cpu_seconds(venue_pid) or 0.0
     started = time.monotonic()
     procs = []
     for group in groups:
@@ -157,12 +218,16 @@ def run_workers(
             args += ["--source", source]
         procs.append(subprocess.Popen(args, env=env, cwd=ROOT))
     peaks = []
+    workers_cpu = 0.0
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"worker failed with {os.waitstatus_to_exitcode(status)}")
         peaks.append(usage.ru_maxrss * 1024)
-    return time.monotonic() - started, peaks
+        workers_cpu += usage.ru_utime + usage.ru_stime
+    wall = time.monotonic() - started
+    venue_cpu = (cpu_seconds(venue_pid) or venue_before) - venue_before
+    return wall, peaks, RunCpu(workers_cpu, venue_cpu, backends.stop())
 
 
 def measure(conn: psycopg.Connection, source: str) -> Measured:
@@ -208,9 +273,25 @@ def raw_copy(conn: psycopg.Connection, table: str) -> tuple[int, float]:
     return rows, seconds
 
 
-def report(run: str, wall: float, peaks: list[int], results: list[Measured]) -> None:
+def report(run: str, wall: float, peaks: list[int], cpu: RunCpu, results: list[Measured]) -> None:
     rss = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
-    print(f"\nrun {run}: wall {wall:.1f} s (includes 2 s idle), peak RSS {rss} MiB")
+    print(
+        f"\nrun {run}: wall {wall:.1f} s (includes 2 s idle), peak RSS {rss} MiB, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    events = sum(m.events for m in results)
+    if events:
+        per_event = {"worker": cpu.workers, "venue": cpu.venue, "postgres": cpu.postgres}
+        parts = ", ".join(
+            f"{name} {'n/a' if seconds is None else f'{seconds / events * 1e6:.1f}'}"
+            for name, seconds in per_event.items()
+        )
+        total = sum(seconds for seconds in per_event.values() if seconds is not None)
+        ceiling = (os.cpu_count() or 1) * events / total if total else float("nan")
+        print(
+            f"  CPU us/event: {parts}; total {total / events * 1e6:.1f} "
+            f"(the machine alone: at most {ceiling:,.0f} events/s)"
+        )
     print(f"  {'source':28} {'events':>10} {'events/s':>10} {'raw COPY/s':>11} {'ratio':>6}")
     for m in results:
         ratio = m.rate / m.raw_copy_rows_per_s if m.raw_copy_rows_per_s else float("nan")
@@ -236,7 +317,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-venue")
     args = parser.parse_args()
 
-    print(f"nproc={os.cpu_count()} scale={args.scale}")
+    print(f"nproc={os.cpu_count()} scale={args.scale} load average {os.getloadavg()[0]:.1f}")
     template = create_database(args.database_url)
     upgrade(with_database(args.database_url, template))
     built = time.monotonic()
@@ -247,10 +328,12 @@ def main() -> None:
             name = create_database(args.database_url, template)
             url = with_database(args.database_url, name)
             try:
-                wall, peaks = run_workers(endpoints, url, RUNS[run], args.batch_rows)
+                wall, peaks, cpu = run_workers(
+                    endpoints, url, RUNS[run], args.batch_rows, venue.pid
+                )
                 with psycopg.connect(libpq(url)) as conn:
                     results = [measure(conn, s) for group in RUNS[run] for s in group]
-                report(run, wall, peaks, results)
+                report(run, wall, peaks, cpu, results)
             finally:
                 drop_database(args.database_url, name)
     finally:

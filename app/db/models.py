@@ -323,7 +323,6 @@ class OrderFilled(ChainFillColumns, Base):
         PrimaryKeyConstraint("business_date", "tx_hash", "log_index"),
         *non_negative("log_index"),
         Index(None, "business_date", "order_hash"),
-        Index(None, "business_date", "user_address"),
         # Compliance lookups by wallet (as maker or taker) and by market over any period.
         Index(None, "user_address", "event_time"),
         Index(None, "taker_address", "event_time"),
@@ -340,7 +339,17 @@ class OrderFilledPending(ChainFillColumns, Base):
 
     __tablename__ = "order_filled_pending"
     __table_args__ = chain_fill_table_args(
-        PrimaryKeyConstraint("business_date", "tx_hash", "order_hash")
+        PrimaryKeyConstraint("business_date", "tx_hash", "order_hash"),
+        # Each confirmed fill looks here for a pending one to supersede. Almost every pending
+        # row is superseded within seconds, so this stays tiny at any day size where the
+        # primary key would make every lookup a random read.
+        Index(
+            "ix_order_filled_pending_unsuperseded",
+            "business_date",
+            "tx_hash",
+            "order_hash",
+            postgresql_where=text("superseded_at IS NULL"),
+        ),
     )
 
     superseded_at: Mapped[datetime | None] = mapped_column(sort_order=LAST)

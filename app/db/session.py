@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
@@ -50,3 +52,26 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def write_through_outage(
+    engine: Engine, write: Callable[[Connection], object], *, seconds: float = 30.0
+) -> None:
+    """Run `write` in a transaction of its own, retried while the database is unreachable (a
+    restart, a failover) for up to `seconds`. For the records that say a run failed: the
+    database is often what just failed, and a run must not stay "running" because of it."""
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            with engine.begin() as conn:
+                write(conn)
+            return
+        except DBAPIError as exc:
+            unreachable = exc.connection_invalidated or isinstance(
+                exc, OperationalError | InterfaceError
+            )
+            if not unreachable or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -9,9 +9,9 @@ when it opens, so a refresh never tears down a live stream.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
+import os
 import stat
 import time
 import urllib.error
@@ -26,8 +26,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from app.config import Settings
-from app.observability import register_secret
+from app.config import Settings, is_loopback_host
+from app.observability import redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -79,33 +79,32 @@ class StaticToken:
 
 
 def load_private_key(path: Path) -> RSAPrivateKey:
-    """Read a PEM RSA private key, refusing a file that anyone but its owner can read."""
+    """Read a PEM RSA private key from a regular file that only its owner can access (like ssh).
+
+    The checks are made on the opened file, so the file cannot be swapped between check and
+    read; O_NONBLOCK keeps a FIFO planted at the path from blocking the open.
+    """
     try:
-        mode = path.stat().st_mode
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise AuthError(f"cannot read the Auth0 private key file {path}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AuthError(
-            f"the Auth0 private key file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
-        )
+    with os.fdopen(fd, "rb") as key_file:
+        info = os.fstat(key_file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise AuthError(f"the Auth0 private key file {path} is not a regular file")
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise AuthError(
+                f"the Auth0 private key file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        pem = key_file.read()
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise AuthError(f"{path} is not an unencrypted PEM private key") from exc
     if not isinstance(key, RSAPrivateKey):
         raise AuthError(f"{path} holds a {type(key).__name__}; RS256 needs an RSA key")
     return key
-
-
-def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +204,11 @@ class Auth0ClientCredentials:
             "iat": now,
             "exp": now + int(self._assertion_lifetime),
         }
-        return jwt.encode(claims, self._key, algorithm="RS256")
+        assertion = jwt.encode(claims, self._key, algorithm="RS256")
+        # A refusing endpoint may quote it back; the signature alone is what makes it usable.
+        register_secret(assertion, rotating=True)
+        register_secret(assertion.rpartition(".")[2], rotating=True)
+        return assertion
 
     def _fetch(self) -> IssuedToken:
         form = {
@@ -246,14 +249,15 @@ class Auth0ClientCredentials:
 
 
 def _error_detail(body: bytes) -> str:
-    """The OAuth error code and description, which never contain credentials."""
+    """The OAuth error code and description, with anything that looks like a credential (the
+    endpoint may quote what it refused) redacted."""
     try:
         doc = json.loads(body)
     except ValueError:
         return ""
     if not isinstance(doc, dict):
         return ""
-    return " ".join(str(doc[k]) for k in ("error", "error_description") if k in doc)[:300]
+    return redact(" ".join(str(doc[k]) for k in ("error", "error_description") if k in doc))[:300]
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import urllib.parse
 from typing import Annotated
 
 import typer
 
-from app.config import Settings, get_settings
-from app.observability import configure_logging, register_secret
-
-
-def _register_secrets(settings: Settings, database_url: str) -> None:
-    from sqlalchemy import make_url
-
-    register_secret(make_url(database_url).password)
-    for url in (settings.feed_orders_url, settings.feed_trades_url):
-        if url is not None:
-            path = urllib.parse.urlsplit(url.get_secret_value()).path
-            register_secret(path.rstrip("/").rpartition("/")[2])
-    if settings.exchange_token is not None:
-        register_secret(settings.exchange_token.get_secret_value())
+from app.config import get_settings
+from app.observability import register_settings_secrets
 
 
 def ingest(
@@ -67,9 +54,8 @@ def ingest(
     from app.ingest.worker import IngestConfig, IngestWorker
 
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
     url = database_url(settings)
-    _register_secrets(settings, url)
+    register_settings_secrets(settings, url)
     try:
         config = IngestConfig.from_settings(
             settings, sources=source or (), exit_when_idle=exit_when_idle, metrics_port=metrics_port

@@ -16,22 +16,25 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 
+from app.config import grpc_target_host, is_loopback_host
 from app.domain.events import DeadLetter, Event
 from app.ingest import parse
-from app.ingest.auth import TokenSource, is_loopback_host
+from app.ingest.auth import TokenSource
 from app.ingest.backoff import BackoffPolicy, BackoffState, connected, delivered, failed
 from app.ingest.pipeline import SourceSink
 from app.ingest.writer import Checkpoint
 from app.observability import IngestMetrics
-from polymarket.v1 import dropcopy_pb2, dropcopy_pb2_grpc
+from polymarket.v1 import dropcopy_pb2
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,125 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 
 
+class _Corrupt(ValueError):
+    def __init__(self, reason: str, at: int) -> None:
+        super().__init__(reason)
+        self.at = at  # where the readable part ends
+
+
+def _varint(data: bytes, pos: int, field_start: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise _Corrupt(f"bad varint at byte {pos}", field_start)
+
+
+def _wire_fields(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(field number, wire type, payload) of each top-level field; `_Corrupt` where the wire
+    format stops making sense."""
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos, start)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, end = _varint(data, pos, start)
+        elif wire == 2:
+            length, pos = _varint(data, pos, start)
+            end = pos + length
+        elif wire in (1, 5):
+            end = pos + (8 if wire == 1 else 4)
+        else:
+            raise _Corrupt(f"unsupported wire type {wire} at byte {start}", start)
+        if end > len(data):
+            raise _Corrupt(f"field {number} at byte {start} runs past the end", start)
+        yield number, wire, data[pos:end]
+        pos = end
+
+
+def _culprit(descriptor: Descriptor, data: bytes, path: str = "") -> str | None:
+    """Which field makes a message undecodable, when it is a string that is not UTF-8 or a
+    sub-message that is corrupt; protobuf's own error names only the message type."""
+    try:
+        fields = list(_wire_fields(data))
+    except _Corrupt as exc:
+        return f"{path.rstrip('.') or descriptor.name}: wire format corrupt: {exc}"
+    for number, wire, payload in fields:
+        field = descriptor.fields_by_number.get(number)
+        if field is None or wire != 2:
+            continue
+        name = f"{path}{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{name} not valid UTF-8: {exc.reason} at byte {exc.start}"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            inner = _culprit(cast(Descriptor, field.message_type), payload, f"{name}.")
+            if inner is not None:
+                return inner
+    return None
+
+
+def _serialize(request: Message) -> bytes:
+    return request.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class Salvaged:
+    """A response that did not decode whole: its readable part, and (reason, bytes) of the rest."""
+
+    response: Message
+    undecodable: tuple[tuple[str, bytes], ...]
+
+
+def response_decoder(method: str, items: str) -> Callable[[bytes], Message | Salvaged]:
+    """The response deserializer of a DropCopy stream that never fails. grpc turns a failing
+    deserializer into a `None` response, losing the whole batch; this keeps every item that
+    decodes, and the resume token, and hands back the others for dead letters."""
+    service = dropcopy_pb2.DESCRIPTOR.services_by_name["DropCopyAPI"]
+    response_type = GetMessageClass(service.methods_by_name[method].output_type)
+    item_field = response_type.DESCRIPTOR.fields_by_name[items]
+    item_type = GetMessageClass(cast(Descriptor, item_field.message_type))
+    token_number = response_type.DESCRIPTOR.fields_by_name["resume_token"].number
+
+    def item_reason(payload: bytes, exc: DecodeError) -> str:
+        descriptor = cast(Descriptor, item_type.DESCRIPTOR)
+        return f"undecodable {descriptor.name}: {_culprit(descriptor, payload) or exc}"
+
+    def decode(data: bytes) -> Message | Salvaged:
+        try:
+            return response_type.FromString(data)
+        except DecodeError:
+            pass
+        response = response_type()
+        undecodable: list[tuple[str, bytes]] = []
+        try:
+            for number, wire, payload in _wire_fields(data):
+                if wire != 2:
+                    continue
+                if number == token_number:
+                    response.resume_token = payload  # type: ignore[attr-defined]
+                elif number == item_field.number:
+                    try:
+                        getattr(response, items).append(item_type.FromString(payload))
+                    except DecodeError as exc:
+                        undecodable.append((item_reason(payload, exc), payload))
+        except _Corrupt as exc:
+            # The items after this point can't be told apart: keep the rest as one letter.
+            undecodable.append(
+                (f"undecodable {response_type.DESCRIPTOR.name}: {exc}", data[exc.at :])
+            )
+        return Salvaged(response, tuple(undecodable))
+
+    return decode
+
+
 def shard_label(symbols: Sequence[str], firms: Sequence[str]) -> str:
     """A stable name for a symbols/firms filter; part of every checkpoint key of the shard."""
     parts = []
@@ -140,7 +262,7 @@ def open_channel(target: str, *, tls: bool, allow_insecure: bool) -> grpc.aio.Ch
     """TLS by default; plaintext only to loopback, or anywhere when explicitly allowed."""
     if tls:
         return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), _CHANNEL_OPTIONS)
-    host = target.rsplit("/", 1)[-1].rpartition(":")[0] or target
+    host = grpc_target_host(target)
     if not (is_loopback_host(host) or allow_insecure):
         raise InsecureChannelRefused(
             f"refusing plaintext gRPC to {host}: set RECON_EXCHANGE_TLS=true, or "
@@ -178,7 +300,11 @@ class DropCopyConsumer:
     ) -> None:
         self.spec = spec
         self.key = checkpoint_key(spec.source, settings.shard)
-        self._call_method = getattr(dropcopy_pb2_grpc.DropCopyAPIStub(channel), spec.method)
+        self._call_method = channel.unary_stream(
+            f"/polymarket.v1.DropCopyAPI/{spec.method}",
+            request_serializer=_serialize,
+            response_deserializer=response_decoder(spec.method, spec.items),
+        )
         self._tokens = tokens
         self._sink = sink
         self._settings = settings
@@ -290,6 +416,9 @@ class DropCopyConsumer:
         spec = self.spec
         events: list[Event] = []
         dead: list[DeadLetter] = []
+        if isinstance(response, Salvaged):
+            dead.extend(DeadLetter(spec.source, why, raw) for why, raw in response.undecodable)
+            response = response.response
         latest = self._last_event_time
         for item in getattr(response, spec.items):
             try:

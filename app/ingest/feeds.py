@@ -29,10 +29,11 @@ from typing import Literal
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
+from app.config import is_loopback_host
 from app.domain.events import DeadLetter, Event
 from app.ingest import parse
-from app.ingest.auth import is_loopback_host
 from app.ingest.backoff import BackoffPolicy, BackoffState, connected, delivered, failed
 from app.ingest.dropcopy import IngestFatal, checkpoint_key
 from app.ingest.pipeline import SourceSink
@@ -192,6 +193,7 @@ class FeedConsumer:
             except (ConnectionClosed, InvalidHandshake, _HandshakeFailed, OSError) as exc:
                 reason = type(exc).__name__
                 log.info("%s: connection lost (%s)", self.key, exc)
+                await self._record_refused_frame(exc)
                 # Not on cancellation: a stopping worker leaves its checkpoint, and the next
                 # run records the window from there.
                 if self._status.connected and self._interrupted is None:
@@ -221,6 +223,14 @@ class FeedConsumer:
             max_queue=1024,
             compression=None,
         )
+
+    async def _record_refused_frame(self, exc: Exception) -> None:
+        """A frame over max_size is refused unread and the connection closed (1009): its bytes
+        are gone, but a dead letter still says that it came and how big it was."""
+        sent = exc.sent if isinstance(exc, ConnectionClosed) else None
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+            reason = f"websocket frame refused unread, connection closed: {sent.reason}"
+            await self._sink.put([], [DeadLetter(self.spec.source, reason, b"")], None)
 
     async def _handshake(self, ws: ClientConnection) -> str:
         try:

@@ -41,6 +41,9 @@ MAX_FRAME_BYTES = 1 << 20
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 MAX_BIGINT = (1 << 63) - 1
+# Ids, symbols and accounts are indexed (and two share an index), and a btree entry holds at most
+# 2704 bytes; Postgres refuses a longer one with an error that is not a constraint violation.
+MAX_KEY_CHARS = 256
 SHARE_DECIMALS = 6
 # Chain amounts are dollars and shares: 18 decimal places is wei precision, 10^15 is far beyond
 # any real amount. Outside that it is garbage, and NUMERIC would choke on some of it anyway.
@@ -93,10 +96,16 @@ def _text(value: str, path: str) -> str:
     return value
 
 
-def _required_text(value: str, path: str) -> str:
+def _key(value: str, path: str) -> str:
+    if len(value) > MAX_KEY_CHARS:
+        raise Rejected(f"{path} longer than {MAX_KEY_CHARS} characters: {len(value)}")
+    return _text(value, path)
+
+
+def _required_key(value: str, path: str) -> str:
     if not value:
         raise Rejected(f"{path} missing")
-    return _text(value, path)
+    return _key(value, path)
 
 
 def _positive(value: int, path: str) -> int:
@@ -144,6 +153,7 @@ EXECUTION_TEXTS = (
     "text",
     "trade_id",
 )
+EXECUTION_FREE_TEXT = "text"
 
 
 def _execution(
@@ -169,9 +179,11 @@ def _execution(
     for value, field in ((execution_id, "id"), (order_id, "order.id"), (symbol, "order.symbol")):
         if not value:
             raise Rejected(f"{prefix}{field} missing")
-    if "\x00" in "".join(texts):
+    joined = "".join(texts)
+    if "\x00" in joined or len(joined) > MAX_KEY_CHARS:
         for value, field in zip(texts, EXECUTION_TEXTS, strict=True):
-            _text(value, f"{prefix}{field}")
+            check = _text if field == EXECUTION_FREE_TEXT else _key
+            check(value, f"{prefix}{field}")
     quantities = (
         order.order_qty,
         order.price,
@@ -225,7 +237,7 @@ def execution(ex: trading_pb2.Execution, *, source: ExecutionSource = "dropcopy"
 
 def trade_capture(t: trading_pb2.Trade) -> TradeCaptureEvent:
     """A trade capture report; business date = the aggressor's transact_trade_date."""
-    trade_id = _required_text(t.id, "id")
+    trade_id = _required_key(t.id, "id")
     for leg in ("aggressor", "passive"):
         if not t.HasField(leg):
             raise Rejected(f"{leg} missing")
@@ -245,7 +257,7 @@ def trade_capture(t: trading_pb2.Trade) -> TradeCaptureEvent:
         trade_type=_enum(TRADE_TYPES, t.trade_type, "", "trade_type"),
         state=state,
         text=_text(t.text, "text") or None,
-        trade_link_id=_text(t.trade_link_id, "trade_link_id") or None,
+        trade_link_id=_key(t.trade_link_id, "trade_link_id") or None,
         update_time=update_time,
         symbol=aggressor.symbol,
         aggressor_execution_id=aggressor.id,
@@ -269,7 +281,7 @@ def instrument(i: trading_pb2.Instrument) -> InstrumentEvent:
     update_time = _timestamp(i.update_time, "update_time")
     return InstrumentEvent(
         business_date=update_time.date(),
-        symbol=_required_text(i.symbol, "symbol"),
+        symbol=_required_key(i.symbol, "symbol"),
         state=_enum(INSTRUMENT_STATES, i.state, "", "state"),
         name=_text(i.name, "name"),
         price_scale=_positive(i.price_scale, "price_scale"),
@@ -289,8 +301,8 @@ def position_change(pc: trading_pb2.PositionChange) -> PositionChangeEvent:
     change_time = _timestamp(pc.change_time, "change_time")
     return PositionChangeEvent(
         business_date=change_time.date(),
-        account=_required_text(position.account, "position.account"),
-        symbol=_required_text(position.symbol, "position.symbol"),
+        account=_required_key(position.account, "position.account"),
+        symbol=_required_key(position.symbol, "position.symbol"),
         net_position=position.net_position,
         qty_bought=_non_negative(position.qty_bought, "position.qty_bought"),
         qty_sold=_non_negative(position.qty_sold, "position.qty_sold"),
@@ -508,7 +520,8 @@ def _decode(
     decoder: msgspec.json.Decoder[Any], raw: bytes | str, max_bytes: int
 ) -> tuple[Any, bytes]:
     if len(raw) > max_bytes:
-        raise Rejected(f"frame of {len(raw)} characters exceeds {max_bytes} bytes")
+        unit = "characters" if isinstance(raw, str) else "bytes"
+        raise Rejected(f"frame of {len(raw)} {unit} exceeds {max_bytes} bytes")
     if isinstance(raw, str):
         try:
             data = raw.encode("utf-8")
@@ -518,10 +531,16 @@ def _decode(
         data = raw
     if len(data) > max_bytes:
         raise Rejected(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")
+    # The whole frame, not only the strings msgspec decodes: JSON text is UTF-8 (RFC 8259), and
+    # an unread field or key must not smuggle bytes into `raw` that no text tool can read. The
+    # ASCII test costs nanoseconds; the full check runs only on frames that need it.
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(f"invalid UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         frame = decoder.decode(data)
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"invalid UTF-8: {exc.reason} at byte {exc.start}") from None
     except msgspec.ValidationError as exc:
         raise Rejected(f"invalid frame: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -65,6 +65,8 @@ class SourceStatus:
 
 def _is_connection_error(exc: BaseException) -> bool:
     """Errors after which the same batch may well succeed: the server went away, or a deadlock."""
+    if _is_content_error(exc):
+        return False
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -81,10 +83,17 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _is_content_error(exc: BaseException) -> bool:
-    """Errors caused by the rows themselves (constraint, value out of range)."""
+    """Errors caused by the rows themselves (constraint, value out of range, a value too big for
+    an index). ProgramLimitExceeded is an OperationalError to psycopg, but retrying the same rows
+    can never succeed."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
         exc = exc.orig
-    return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError)
+    return isinstance(
+        exc,
+        psycopg.errors.DataError
+        | psycopg.errors.IntegrityError
+        | psycopg.errors.ProgramLimitExceeded,
+    )
 
 
 @dataclass(slots=True)

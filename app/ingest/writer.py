@@ -602,6 +602,9 @@ class BatchWriter:
                 f"DO $$ BEGIN PERFORM set_config('temp_buffers', '{TEMP_BUFFERS}', false); "
                 "EXCEPTION WHEN invalid_parameter_value THEN NULL; END $$"
             )
+            # The merges' cost estimates grow with the day's tables until they pass
+            # jit_above_cost; then every batch would pay tens of ms compiling plans that run once.
+            cur.execute("SET jit = off")
             for kind in KINDS.values():
                 cur.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS {kind.stage} ON COMMIT DELETE ROWS AS "

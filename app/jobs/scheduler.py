@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -20,7 +20,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from app.config import Settings, get_settings
 
@@ -53,39 +53,95 @@ def end_of_day_tick(now: datetime, tz: ZoneInfo) -> Tick:
     return Tick("end_of_day", local.isoformat(), local)
 
 
-def claim(engine: Engine, tick: Tick, owner: str) -> bool:
-    with engine.begin() as conn:
-        row = conn.execute(
-            text(
-                "INSERT INTO job_tick (job, tick, business_date, owner) "
-                "VALUES (:job, :tick, :d, :owner) ON CONFLICT DO NOTHING RETURNING job"
-            ),
-            {"job": tick.job, "tick": tick.key, "d": tick.business_date, "owner": owner},
-        ).first()
-    return row is not None
+# Claims a tick, or takes over one that was claimed and never finished (the caller holds its
+# lock, so its previous owner is gone). `xmax <> 0` tells the update from the insert.
+_CLAIM = text(
+    "INSERT INTO job_tick (job, tick, business_date, owner) VALUES (:job, :tick, :d, :owner)"
+    " ON CONFLICT (job, tick) DO UPDATE SET owner = EXCLUDED.owner, claimed_at = now()"
+    " WHERE job_tick.finished_at IS NULL"
+    " RETURNING xmax <> 0 AS taken_over"
+)
+_UNFINISHED = text(
+    "SELECT job, tick, business_date FROM job_tick"
+    " WHERE finished_at IS NULL AND business_date >= :since ORDER BY claimed_at"
+)
+
+
+def _lock(conn: Connection, key: str, *, wait: bool) -> bool:
+    if wait:
+        conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+        got = True
+    else:
+        got = bool(
+            conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": key}).scalar()
+        )
+    conn.commit()  # session locks outlive the transaction; no transaction stays open meanwhile
+    return got
+
+
+def _unlock(conn: Connection, key: str) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+    conn.commit()
 
 
 def execute(engine: Engine, tick: Tick, work: Work, owner: str | None = None) -> bool:
-    """Run `work` for the tick unless another replica has claimed it. Returns whether it ran."""
+    """Run `work` for the tick unless it already ran or is running elsewhere. Returns whether it
+    ran.
+
+    The tick's session advisory lock is held for the whole run, so it goes with the owner's
+    connection when the owner dies (SIGKILL, a lost host): a tick that is claimed, unfinished
+    and unlocked was interrupted, and the next `execute` of it takes it over. Work that raised
+    leaves its tick unfinished as well, to be retried the same way.
+    """
     owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-    if not claim(engine, tick, owner):
-        log.info("job %s tick %s already claimed by another replica; skipped", tick.job, tick.key)
-        return False
-    lock_key = f"recon:{tick.business_date.isoformat()}"
+    tick_lock = f"recon.tick:{tick.job}:{tick.key}"
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": lock_key})
+        if not _lock(conn, tick_lock, wait=False):
+            log.info("job %s tick %s is running in another replica; skipped", tick.job, tick.key)
+            return False
         try:
-            log.info("job %s tick %s: running for %s", tick.job, tick.key, tick.business_date)
-            work(engine, tick.business_date)
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": lock_key})
+            claimed = conn.execute(
+                _CLAIM,
+                {"job": tick.job, "tick": tick.key, "d": tick.business_date, "owner": owner},
+            ).first()
             conn.commit()
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE job_tick SET finished_at = now() WHERE job = :job AND tick = :tick"),
-            {"job": tick.job, "tick": tick.key},
-        )
+            if claimed is None:
+                log.info("job %s tick %s already ran; skipped", tick.job, tick.key)
+                return False
+            if claimed.taken_over:
+                log.warning("job %s tick %s was interrupted; running it again", tick.job, tick.key)
+            date_lock = f"recon:{tick.business_date.isoformat()}"
+            _lock(conn, date_lock, wait=True)
+            try:
+                log.info("job %s tick %s: running for %s", tick.job, tick.key, tick.business_date)
+                work(engine, tick.business_date)
+            finally:
+                _unlock(conn, date_lock)
+            conn.execute(
+                text("UPDATE job_tick SET finished_at = now() WHERE job = :job AND tick = :tick"),
+                {"job": tick.job, "tick": tick.key},
+            )
+            conn.commit()
+        finally:
+            _unlock(conn, tick_lock)
     return True
+
+
+def resume_unfinished(engine: Engine, jobs: Mapping[str, Work], since: date) -> int:
+    """Take over the ticks of business dates from `since` on that were claimed and never finished
+    (their owner died, or their work failed); returns how many ran now. One that fails again is
+    logged and stays unfinished."""
+    with engine.connect() as conn:
+        rows = conn.execute(_UNFINISHED, {"since": since}).all()
+    resumed = 0
+    for row in rows:
+        if row.job not in jobs:
+            continue
+        try:
+            resumed += execute(engine, Tick(row.job, row.tick, row.business_date), jobs[row.job])
+        except Exception:
+            log.exception("job %s tick %s failed again; it stays unfinished", row.job, row.tick)
+    return resumed
 
 
 def reconcile_date(engine: Engine, business_date: date) -> None:
@@ -110,21 +166,25 @@ def close_date(engine: Engine, business_date: date) -> None:
 
 
 def run_job(job: str) -> None:
-    """What the job store calls (by textual reference, so stored jobs survive restarts)."""
+    """What the job store calls (by textual reference, so stored jobs survive restarts). Ticks
+    left unfinished since yesterday, of any job, are taken over first: APScheduler does not fire
+    a tick again once it has fired, so an end of day cut short would otherwise never run."""
     from app.db.session import get_engine
 
     settings = get_settings()
     now = datetime.now(UTC)
     if job == "intraday":
-        tick, work = (
-            intraday_tick(now, timedelta(minutes=settings.intraday_minutes)),
-            reconcile_date,
-        )
+        tick = intraday_tick(now, timedelta(minutes=settings.intraday_minutes))
     elif job == "end_of_day":
-        tick, work = end_of_day_tick(now, ZoneInfo(settings.timezone)), close_date
+        tick = end_of_day_tick(now, ZoneInfo(settings.timezone))
     else:
         raise ValueError(f"unknown job {job!r}")
-    execute(get_engine(), tick, work)
+    engine = get_engine()
+    resume_unfinished(engine, JOBS, since=tick.business_date - timedelta(days=1))
+    execute(engine, tick, JOBS[job])
+
+
+JOBS: dict[str, Work] = {"intraday": reconcile_date, "end_of_day": close_date}
 
 
 def configure(
@@ -166,7 +226,7 @@ def configure(
 def run_forever(engine: Engine, settings: Settings) -> None:
     scheduler = configure(BlockingScheduler(), engine, settings)
     log.info(
-        "scheduler: intraday every %d min, end of day at %s %s",
+        "scheduler: intraday every %g min, end of day at %s %s",
         settings.intraday_minutes,
         settings.eod_time,
         settings.timezone,

@@ -31,9 +31,11 @@ from sqlalchemy import Connection, Engine, text
 from app.config import Settings
 from app.db.models import ReportExecution, ReportPosition, ReportTrade
 from app.db.partitions import ensure_partitions
+from app.db.session import write_through_outage
 from app.ingest import parse
 from app.ingest.auth import TokenSource
 from app.ingest.backoff import BackoffPolicy, BackoffState, failed
+from app.observability import redact
 from polymarket.v1 import report_pb2, report_pb2_grpc, trading_pb2
 
 Metadata = Callable[[], Sequence[tuple[str, str]]]
@@ -141,9 +143,10 @@ class ReportClient:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code not in RETRYABLE or attempt == self._config.max_attempts:
+                    # The venue's text may quote the credentials it refused.
                     raise ReportError(
                         f"Report API {what} failed after {attempt} attempt(s): "
-                        f"{code.name} {exc.details() or ''}".rstrip()
+                        f"{code.name} {redact(exc.details() or '')}".rstrip()
                     ) from None
                 delay, state = failed(
                     self._config.backoff, state, self._clock(), self._rng.random()
@@ -400,8 +403,8 @@ async def snapshot(
                 )
                 _finish_run(conn, run_id, "succeeded", summary.as_dict(), None)
         except BaseException as exc:
-            with conn.begin():
-                _finish_run(conn, run_id, "failed", {}, f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            write_through_outage(engine, lambda c: _finish_run(c, run_id, "failed", {}, error))
             raise
         finally:
             with conn.begin():

@@ -50,11 +50,12 @@ class Rule:
     prepare: tuple[str, ...] = ()
 
 
-def _in_gap(sources: str, at: str) -> str:
-    """SQL predicate: the instant `at` lies in a recorded gap of a source matching `sources`."""
+def _in_gap(sources: str, at: str, until: str | None = None) -> str:
+    """SQL predicate: the instant `at` (or the span from `at` to `until`) lies in (overlaps) a
+    recorded gap of a source matching `sources`."""
     return (
         f"EXISTS (SELECT 1 FROM gap_window AS g WHERE g.source LIKE {sources}"
-        f" AND {at} BETWEEN g.start_time AND g.end_time)"
+        f" AND g.start_time <= {until or at} AND g.end_time >= {at})"
     )
 
 
@@ -387,24 +388,43 @@ WHERE l.fill_tx_hash IS NULL AND neighbour.hit IS NULL
 
 # A refund carries no time; its transaction's does, and an orphan whose transaction happened
 # while the orders feed was down may just have lost its fill. When the whole transaction was
-# lost too, the feed's order tells the time: the newest fill that had arrived by the refund's
-# batch (a scan of the day, paid only for such orphans, which only feed losses produce).
+# lost too, the feed's order tells the time: its transaction was sent about when the refund
+# was, between the newest chain event delivered in an earlier batch and the newest of the
+# refund's own batch. Neither end alone will do: the first batch after a reconnect also carries
+# events sent well after the gap closed, and a venue that reorders can deliver a refund just
+# before the disconnect that loses its fill. `delivered` is one pass over the day, paid only
+# when there are such orphans (a CTE is computed when first read), and only feed losses make them.
 REFUNDS = Rule(
     name="refunds",
     kinds=(BreakKind.CHAIN_REFUND_ORPHAN, BreakKind.CHAIN_REFUND_ARITHMETIC),
     prepare=(REFUND_LINKS,),
     query=f"""
-WITH broken AS (
+WITH delivered AS MATERIALIZED (
+  SELECT received_at, min(event_time) AS oldest, max(event_time) AS newest
+  FROM (SELECT received_at, event_time FROM order_filled WHERE business_date = :business_date
+        UNION ALL
+        SELECT received_at, event_time FROM order_filled_pending
+        WHERE business_date = :business_date) AS chain
+  GROUP BY received_at
+), broken AS MATERIALIZED (
   SELECT l.*, CASE WHEN l.fill_tx_hash IS NULL THEN coalesce(
            (SELECT min(o.event_time) FROM order_filled AS o
             WHERE o.business_date = :business_date AND o.tx_hash = l.tx_hash),
            (SELECT min(p.event_time) FROM order_filled_pending AS p
-            WHERE p.business_date = :business_date AND p.tx_hash = l.tx_hash),
-           (SELECT max(o.event_time) FROM order_filled AS o
-            WHERE o.business_date = :business_date AND o.received_at <= l.received_at)
-         ) END AS tx_time
+            WHERE p.business_date = :business_date AND p.tx_hash = l.tx_hash)) END AS tx_time
   FROM recon_refund_link AS l
   WHERE l.fill_tx_hash IS NULL OR l.refund + l.fee_charged <> l.fill_fee
+), timed AS (
+  SELECT b.*,
+         CASE WHEN b.fill_tx_hash IS NULL AND b.tx_time IS NULL THEN coalesce(
+           (SELECT max(d.newest) FROM delivered AS d WHERE d.received_at < b.received_at),
+           (SELECT d.oldest FROM delivered AS d WHERE d.received_at = b.received_at))
+         ELSE b.tx_time END AS tx_from,
+         CASE WHEN b.fill_tx_hash IS NULL AND b.tx_time IS NULL THEN coalesce(
+           (SELECT d.newest FROM delivered AS d WHERE d.received_at = b.received_at),
+           (SELECT max(d.newest) FROM delivered AS d WHERE d.received_at < b.received_at))
+         ELSE b.tx_time END AS tx_to
+  FROM broken AS b
 )
 SELECT DISTINCT ON (kind, l.order_hash)
        CASE WHEN l.fill_tx_hash IS NULL THEN 'chain_refund_orphan'
@@ -415,8 +435,8 @@ SELECT DISTINCT ON (kind, l.order_hash)
        jsonb_build_object('refund', l.refund, 'fee_charged', l.fee_charged,
                           'sum', l.refund + l.fee_charged) AS actual,
        jsonb_build_object('tx_hash', l.tx_hash, 'fill_tx_hash', l.fill_tx_hash) AS details
-FROM broken AS l
-WHERE l.tx_time IS NULL OR NOT {_in_gap(":gap_orders", "l.tx_time")}
+FROM timed AS l
+WHERE l.tx_from IS NULL OR NOT {_in_gap(":gap_orders", "l.tx_from", "l.tx_to")}
 ORDER BY kind, l.order_hash, l.tx_hash
 """,
 )

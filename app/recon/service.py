@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import Connection, Engine, text
 
 from app.config import get_settings
+from app.db.session import write_through_outage
 from app.domain.breaks import RuleConfig
 from app.recon.fees import store_net_fees
 from app.recon.lifecycle import DEFAULT_NOTIFIERS, merge
@@ -145,15 +146,13 @@ def reconcile(
             timings=timings,
         )
     except BaseException as exc:
-        with engine.begin() as conn:
-            _finish(
-                conn,
-                run_id,
-                status="failed",
-                counts={},
-                timings=timings,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        error = f"{type(exc).__name__}: {exc}"
+        write_through_outage(
+            engine,
+            lambda conn: _finish(
+                conn, run_id, status="failed", counts={}, timings=timings, error=error
+            ),
+        )
         raise
     log.info(
         "reconciled %s (run %d): %d breaks found, %s",

@@ -24,12 +24,14 @@ from sqlalchemy import Connection, Engine, text
 
 from app.db.base import BreakStatus, Severity
 from app.domain.breaks import AgeBucket, age_bucket, age_days
+from app.recon.rules import GAP_EXECUTIONS, GAP_ORDERS_FEED, GAP_TRADES_FEED
 from app.reports.charts import Series, bar_chart, column_chart, fmt_number
 from app.reports.template import PAGE
 
 log = logging.getLogger(__name__)
 
 SEVERITIES = tuple(s.value for s in reversed(Severity))
+GAP_FEEDS = tuple(pattern.rstrip("%") for pattern in (GAP_ORDERS_FEED, GAP_TRADES_FEED))
 STATUSES = tuple(s.value for s in BreakStatus)
 # The page stays readable; the CSV has every open break.
 MAX_OPEN_ROWS_IN_PAGE = 500
@@ -124,6 +126,28 @@ class PreviousReport:
 
 
 @dataclass(frozen=True, slots=True)
+class GapRow:
+    """A window a stream or feed may have missed (`gap_window`), and what was done about it."""
+
+    id: int
+    source: str
+    start: datetime
+    end: datetime
+    reason: str
+    backfilled_at: datetime | None
+
+    @property
+    def outcome(self) -> str:
+        if self.backfilled_at is not None:
+            return f"backfilled from the Report API at {self.backfilled_at:%Y-%m-%d %H:%M:%S}Z"
+        if self.source.startswith(GAP_EXECUTIONS.rstrip("%")):
+            return "awaiting a Report API snapshot that covers it"
+        if self.source.startswith(GAP_FEEDS):
+            return "no replay: what was sent inside is lost; absences inside are not breaks"
+        return "not backfilled: events sent inside may be missing"
+
+
+@dataclass(frozen=True, slots=True)
 class ReportData:
     business_date: date
     built_at: datetime
@@ -135,6 +159,7 @@ class ReportData:
     untimed_breaks: int
     fees: tuple[FeeRow, ...]
     previous: PreviousReport | None
+    gaps: tuple[GapRow, ...] = ()
 
 
 Metric = int | Decimal
@@ -335,6 +360,15 @@ WHERE f.business_date = :d
 ORDER BY f.scope, f.net_fee DESC, f.scope_key, f.source
 """
 
+# Every gap that overlaps the business date (a UTC day, as chain events are dated).
+_GAPS_SQL = """
+SELECT id, source, start_time, end_time, reason, backfilled_at
+FROM gap_window
+WHERE start_time < (CAST(:d AS date) + 1)::timestamp AT TIME ZONE 'UTC'
+  AND end_time >= CAST(:d AS date)::timestamp AT TIME ZONE 'UTC'
+ORDER BY start_time, id
+"""
+
 _PREVIOUS_SQL = """
 SELECT business_date, built_at, summary,
        (SELECT count(*) FROM recon_break WHERE first_seen_at > r.built_at) AS opened,
@@ -421,6 +455,10 @@ def gather(conn: Connection, business_date: date, now: datetime) -> ReportData:
         )
         for r in conn.execute(text(_FEES_SQL), params)
     )
+    gaps = tuple(
+        GapRow(r.id, r.source, r.start_time, r.end_time, r.reason, r.backfilled_at)
+        for r in conn.execute(text(_GAPS_SQL), params)
+    )
     prev = conn.execute(text(_PREVIOUS_SQL), params).first()
     previous = (
         None
@@ -444,6 +482,7 @@ def gather(conn: Connection, business_date: date, now: datetime) -> ReportData:
         untimed_breaks=breaks_by_hour.get(None, 0),
         fees=fees,
         previous=previous,
+        gaps=gaps,
     )
 
 
@@ -551,6 +590,18 @@ def summarise(data: ReportData) -> dict[str, Any]:
             source: {name: _num(value) for name, value in totals.items()}
             for source, totals in sorted(fee_totals(data.fees).items())
         },
+        "gaps": [
+            {
+                "id": g.id,
+                "source": g.source,
+                "start": g.start.isoformat(),
+                "end": g.end.isoformat(),
+                "reason": g.reason,
+                "backfilled_at": g.backfilled_at.isoformat() if g.backfilled_at else None,
+                "outcome": g.outcome,
+            }
+            for g in data.gaps
+        ],
         "metrics": {name: _num(value) for name, value in current.items()},
         "previous": None
         if data.previous is None
@@ -784,6 +835,25 @@ def render_html(data: ReportData, summary: dict[str, Any], files: Sequence[str])
             f'<p class="note">{len(shown)} of {len(data.open_breaks)} shown; all are in '
             "open_breaks.csv.</p>"
         )
+    gaps_table = (
+        _table(
+            ("id", "source", "from (UTC)", "to (UTC)", "reason", "outcome"),
+            (
+                (
+                    str(g.id),
+                    escape(g.source),
+                    f'<span class="nowrap">{g.start:%Y-%m-%d %H:%M:%S}</span>',
+                    f'<span class="nowrap">{g.end:%Y-%m-%d %H:%M:%S}</span>',
+                    escape(g.reason),
+                    escape(g.outcome),
+                )
+                for g in data.gaps
+            ),
+            frozenset({0}),
+        )
+        if data.gaps
+        else '<p class="note">No stream or feed gaps: every source was heard throughout.</p>'
+    )
     previous_line = (
         f"compared with {data.previous.business_date.isoformat()}"
         if data.previous
@@ -805,6 +875,7 @@ def render_html(data: ReportData, summary: dict[str, Any], files: Sequence[str])
         kinds_table=kinds_table,
         age_table=age_table,
         open_table=open_table,
+        gaps_table=gaps_table,
         files=escape(", ".join(files)),
     )
 
@@ -884,6 +955,21 @@ def csv_files(data: ReportData) -> dict[str, str]:
                     h.breaks,
                 )
                 for h in data.hours
+            ),
+        ),
+        "gaps.csv": _csv(
+            ("id", "source", "start", "end", "reason", "backfilled_at", "outcome"),
+            (
+                (
+                    g.id,
+                    g.source,
+                    g.start.isoformat(),
+                    g.end.isoformat(),
+                    g.reason,
+                    g.backfilled_at.isoformat() if g.backfilled_at else "",
+                    g.outcome,
+                )
+                for g in data.gaps
             ),
         ),
         "net_fees.csv": _csv(

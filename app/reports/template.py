@@ -98,6 +98,11 @@ $changes
 <h2>Open breaks</h2>
 $open_table
 </section>
+<section id="gaps">
+<h2>Stream and feed gaps</h2>
+<p class="note">Windows in which ingest was disconnected and may have missed events.</p>
+$gaps_table
+</section>
 <footer>The same data: $files. polyrecon nightly reconciliation report.</footer>
 </main>
 </body>

@@ -172,11 +172,16 @@ def execution_break(kind: BreakKind, stream: Execution, report: Execution | None
 
 
 def reported_position(true: PositionState, offset: int) -> PositionState:
-    """What a venue with a position bug reports: `offset` phantom contracts bought."""
+    """What a venue with a position bug reports: `offset` phantom contracts bought, or sold when
+    negative. Taking them off qty_bought instead could drive it below zero (an account that
+    only sold), which no valid Position holds, and a consumer would reject the whole message."""
     if not offset:
         return true
     return replace(
-        true, net_position=true.net_position + offset, qty_bought=true.qty_bought + offset
+        true,
+        net_position=true.net_position + offset,
+        qty_bought=true.qty_bought + max(offset, 0),
+        qty_sold=true.qty_sold + max(-offset, 0),
     )
 
 

@@ -12,6 +12,7 @@ every other fault fired are written to a `FaultLog`, which tests and the e2e har
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,8 +24,8 @@ import orjson
 
 T = TypeVar("T")
 
-# Not a valid ExecutionType: a consumer must dead-letter it rather than guess.
-UNKNOWN_EXECUTION_TYPE = 99
+# Not a number of any polymarket.v1 enum: a consumer must dead-letter it rather than guess.
+UNKNOWN_ENUM = 99
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +88,13 @@ def _parse_value(key: str, raw: str) -> int | float | None:
     if key in {"disconnect_every", "ws_drop_every", "token_ttl_s"} and raw in {"", "none", "0"}:
         return None
     try:
-        return int(raw) if key in _INT_KEYS else float(raw)
-    except ValueError as exc:
-        raise ValueError(f"bad value for fault {key}: {raw!r}") from exc
+        value = int(raw) if key in _INT_KEYS else float(raw)
+    except ValueError:
+        value = math.nan
+    # float() also reads "nan" and "inf", which would slip past every range check after it.
+    if not math.isfinite(value):
+        raise ValueError(f"bad value for fault {key}: {raw!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +155,21 @@ Interruption = Literal["disconnect", "drop"]
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionDefect:
-    """A malformed copy of an execution: its id replaced and one varint field set to `value`."""
+class Defect:
+    """One way to break a DropCopy message: the varint field at `path` (field numbers from the
+    message down to the field) set to `value`, or to a random negative quantity when None."""
 
-    execution_id: str
-    defect: str  # unknown_execution_type | negative_quantity
-    field_number: int  # Execution.type (5) or Execution.last_shares (3)
+    name: str  # e.g. unknown_execution_type, negative_quantity
+    path: tuple[int, ...]
+    value: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDefect:
+    """A malformed copy of a message: its identifying key replaced, one defect applied."""
+
+    key: str
+    defect: Defect
     value: int
 
 
@@ -208,26 +222,21 @@ class FaultPlan:
                 return kind
         return None
 
-    def execution_defect(self) -> ExecutionDefect:
-        """What to break in the next malformed execution, under a fresh id; logged."""
+    def message_defect(self, key_name: str, defects: Sequence[Defect]) -> MessageDefect:
+        """What to break in the next malformed message, under a fresh key; logged as
+        `key_name` (e.g. execution_id) so that a test can find the copy by its key."""
         self.malformed_count += 1
-        execution_id = f"MALFORMED-{self.channel}-{self.ordinal}-{self.malformed_count}"
-        if self.rng.random() < 0.5:
-            defect = ExecutionDefect(
-                execution_id, "unknown_execution_type", 5, UNKNOWN_EXECUTION_TYPE
-            )
-        else:
-            defect = ExecutionDefect(
-                execution_id, "negative_quantity", 3, -self.rng.randint(1, 10**6)
-            )
+        key = f"MALFORMED-{self.channel}-{self.ordinal}-{self.malformed_count}"
+        defect = defects[self.rng.randrange(len(defects))]
+        value = -self.rng.randint(1, 10**6) if defect.value is None else defect.value
         self.log.record(
             self.channel,
             "malformed",
-            execution_id=execution_id,
-            defect=defect.defect,
+            **{key_name: key},
+            defect=defect.name,
             connection=self.ordinal,
         )
-        return defect
+        return MessageDefect(key, defect, value)
 
     def malformed_frame(self, message_type: str, subscription_id: str) -> bytes:
         """A websocket frame that a consumer must reject: bad JSON, wrong types, unknown event.

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stubs predate it
 from grpc_reflection.v1alpha import reflection
 
-from app.venue.faults import FaultInjector, FaultPlan
+from app.venue.faults import UNKNOWN_ENUM, Defect, FaultInjector, FaultPlan
 from app.venue.model import StreamName
 from app.venue.tokens import (
     ExpiredTokenError,
@@ -78,6 +78,13 @@ def _varint_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value & 0xFFFF_FFFF_FFFF_FFFF)
 
 
+def _nested(path: Sequence[int], leaf: bytes) -> bytes:
+    """`leaf`, a field of the innermost message, inside the sub-message fields of `path`."""
+    for number in reversed(path):
+        leaf = _field(number, leaf)
+    return leaf
+
+
 def _repeated(number: int, payloads: Sequence[bytes]) -> bytes:
     tag = _varint((number << 3) | 2)
     return b"".join(tag + _varint(len(p)) + p for p in payloads)
@@ -126,12 +133,23 @@ class _RateLimiter:
 
 
 @dataclass(frozen=True, slots=True)
+class _Malformed:
+    """How the malformed fault breaks a stream's messages: a fresh key in the string field at
+    `key_path` (logged as `key_name`), and one of `defects`, each one our parser refuses."""
+
+    key_name: str
+    key_path: tuple[int, ...]
+    defects: tuple[Defect, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _StreamSpec:
     name: StreamName
     method: str
     request_type: type[Message]
     account_scoped: bool  # instrument states need no x-participant-id
     has_firms: bool
+    malformed: _Malformed
 
 
 _STREAMS = (
@@ -141,6 +159,14 @@ _STREAMS = (
         dropcopy_pb2.CreateDropCopySubscriptionRequest,
         account_scoped=True,
         has_firms=True,
+        malformed=_Malformed(
+            "execution_id",
+            (1,),  # Execution.id
+            (
+                Defect("unknown_execution_type", (5,), UNKNOWN_ENUM),  # Execution.type
+                Defect("negative_quantity", (3,)),  # Execution.last_shares
+            ),
+        ),
     ),
     _StreamSpec(
         "trade_captures",
@@ -148,6 +174,14 @@ _STREAMS = (
         dropcopy_pb2.CreateTradeCaptureReportSubscriptionRequest,
         account_scoped=True,
         has_firms=True,
+        malformed=_Malformed(
+            "trade_id",
+            (1,),  # Trade.id
+            (
+                Defect("unknown_trade_state", (5,), UNKNOWN_ENUM),  # Trade.state
+                Defect("negative_quantity", (2, 3)),  # Trade.aggressor.last_shares
+            ),
+        ),
     ),
     _StreamSpec(
         "instrument_states",
@@ -155,6 +189,14 @@ _STREAMS = (
         dropcopy_pb2.CreateInstrumentStateChangeSubscriptionRequest,
         account_scoped=False,
         has_firms=False,
+        malformed=_Malformed(
+            "symbol",
+            (1,),  # Instrument.symbol
+            (
+                Defect("unknown_instrument_state", (2,), UNKNOWN_ENUM),  # Instrument.state
+                Defect("negative_price_scale", (4,)),  # Instrument.price_scale
+            ),
+        ),
     ),
     _StreamSpec(
         "position_changes",
@@ -162,6 +204,14 @@ _STREAMS = (
         dropcopy_pb2.CreatePositionChangeSubscriptionRequest,
         account_scoped=True,
         has_firms=True,
+        malformed=_Malformed(
+            "account",
+            (1, 1),  # PositionChange.position.account
+            (
+                Defect("negative_quantity", (1, 4)),  # PositionChange.position.qty_bought
+                Defect("negative_quantity", (1, 5)),  # PositionChange.position.qty_sold
+            ),
+        ),
     ),
 )
 
@@ -310,8 +360,8 @@ class VenueGrpc:
                 return
             after = rows[-1].seq
             payloads = plan.reorder([row.payload for row in rows])
-            if spec.name == "executions" and plan.spec.malformed_rate > 0:
-                payloads = self._with_malformed(plan, payloads)
+            if plan.spec.malformed_rate > 0:
+                payloads = self._with_malformed(plan, spec.malformed, payloads)
             resume_token = self.signer.resume_token(
                 spec.name, after, digest, int(time.time() * 1000)
             )
@@ -329,18 +379,21 @@ class VenueGrpc:
                 return
 
     @staticmethod
-    def _with_malformed(plan: FaultPlan, payloads: list[bytes]) -> list[bytes]:
-        """Follow some executions with a broken copy. Fields appended to a serialized message
-        override earlier ones (protobuf merge semantics), so no parse is needed."""
+    def _with_malformed(plan: FaultPlan, shape: _Malformed, payloads: list[bytes]) -> list[bytes]:
+        """Follow some messages with a broken copy. Fields appended to a serialized message
+        override earlier ones and sub-messages merge (protobuf merge semantics), so no parse is
+        needed."""
         out: list[bytes] = []
         for payload in payloads:
             out.append(payload)
             if plan.malformed():
-                defect = plan.execution_defect()
+                broken = plan.message_defect(shape.key_name, shape.defects)
+                *key_outer, key_field = shape.key_path
+                *outer, number = broken.defect.path
                 out.append(
                     payload
-                    + _field(1, defect.execution_id.encode())
-                    + _varint_field(defect.field_number, defect.value)
+                    + _nested(key_outer, _field(key_field, broken.key.encode()))
+                    + _nested(outer, _varint_field(number, broken.value))
                 )
         return out
 

@@ -19,7 +19,7 @@ import orjson
 from app.domain.breaks import BreakKind
 
 # Bumped whenever the generator's output for a given config changes, so cached stores rebuild.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 StreamName = Literal["executions", "trade_captures", "instrument_states", "position_changes"]
 STREAM_NAMES: tuple[StreamName, ...] = (

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
+from app.db.session import make_engine
 
 
 @pytest.mark.slow
@@ -18,14 +22,19 @@ def test_recon_demo_finds_exactly_the_injected_breaks(pg_server_url: str, tmp_pa
         "RECON_DATA_DIR": str(tmp_path),
         "COLUMNS": "200",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "demo", "--scale", "0.005", "--out", str(tmp_path / "r")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    # Its own database: a user's `polyrecon_demo` (or another run's) on the same server stays.
+    database = f"polyrecon_demo_{uuid.uuid4().hex[:12]}"
+    command = [sys.executable, "-m", "app.cli", "demo", "--scale", "0.005"]
+    command += ["--database", database, "--out", str(tmp_path / "r")]
+    try:
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+    finally:
+        admin = make_engine(pg_server_url).execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "PASS: all" in output

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -20,12 +19,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from app.db.session import make_engine, sqlalchemy_url
+from app.db.session import make_engine
 from app.venue.feeds import FeedOptions
 from app.venue.grpc_server import GrpcOptions
 from app.venue.model import DayConfig
 from app.venue.run import VenueHandle, VenueOptions, open_store, serve_store
 from app.venue.store import VenueStore
+from tests.chaos._support import private_postgres, restart_postgres
+from tests.guarantees import Record
 
 from ._ingest_support import (
     DB_QUERIES,
@@ -150,7 +151,7 @@ def _committed(engine: Engine) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_restart_equals_clean_run(
-    venue: VenueHandle, truth: Truth, engine: Engine, database_url: str
+    venue: VenueHandle, truth: Truth, engine: Engine, database_url: str, guarantee: Record
 ) -> None:
     rng = random.Random(20261122)
     env = _env(venue, database_url)
@@ -179,6 +180,12 @@ def test_sigkill_at_random_moments_then_restart_equals_clean_run(
     worker = _Worker(env, "--exit-when-idle", "1.5")
     assert worker.finish(timeout=90) == 0, worker.output
     _assert_equals_truth(engine, truth)
+    guarantee(
+        "Chaos",
+        "ingest worker SIGKILLed at random moments and restarted",
+        len(progress),
+        "events = ground truth, none twice (same as a clean run)",
+    )
 
 
 @pytest.mark.slow
@@ -205,58 +212,36 @@ def test_sigterm_flushes_and_exits_zero(
 # -- Postgres restarted under a running worker -----------------------------------------------
 
 
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[tuple[str, object]]:
-    """A Postgres of this test's own (never the machine's shared cluster), migrated to head."""
-    from app.db.migrate import upgrade
-
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        server = pgserver.get_server(tmp_path / "pg", cleanup_mode="delete")
-    url = sqlalchemy_url(server.get_uri())
-    upgrade(url)
-    try:
-        yield url, server
-    finally:
-        server.cleanup()
-
-
-def _restart(server: object) -> None:
-    from pgserver import pg_ctl
-
-    pg_ctl(
-        ["-w", "-m", "fast", "restart"],
-        pgdata=server.pgdata,  # type: ignore[attr-defined]
-        user=server.system_user,  # type: ignore[attr-defined]
-        timeout=60,
-    )
-
-
 @pytest.mark.slow
 def test_postgres_restart_mid_ingest_recovers_by_itself(
-    venue: VenueHandle, truth: Truth, private_postgres: tuple[str, object]
+    venue: VenueHandle, truth: Truth, tmp_path: Path, guarantee: Record
 ) -> None:
-    url, server = private_postgres
-    engine = make_engine(url)
     restarted = threading.Event()
+    with private_postgres(tmp_path) as (url, server):
+        engine = make_engine(url)
 
-    def restart_when_busy() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _committed(engine) < 2000:
-            time.sleep(0.05)
-        _restart(server)
-        restarted.set()
+        def restart_when_busy() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _committed(engine) < 2000:
+                time.sleep(0.05)
+            restart_postgres(server)
+            restarted.set()
 
-    restarter = threading.Thread(target=restart_when_busy, daemon=True)
-    restarter.start()
-    try:
-        worker = run_worker(worker_config(venue, exit_when_idle=3.0, batch_max_rows=300), engine)
-        restarter.join(timeout=60)
-        assert restarted.is_set()
-        assert sum(s.status.db_retries for s in worker.sources.values()) > 0, "restart missed"
-        _assert_equals_truth(engine, truth)
-    finally:
-        engine.dispose()
+        restarter = threading.Thread(target=restart_when_busy, daemon=True)
+        restarter.start()
+        try:
+            worker = run_worker(
+                worker_config(venue, exit_when_idle=3.0, batch_max_rows=300), engine
+            )
+            restarter.join(timeout=60)
+            assert restarted.is_set()
+            assert sum(s.status.db_retries for s in worker.sources.values()) > 0, "restart missed"
+            _assert_equals_truth(engine, truth)
+        finally:
+            engine.dispose()
+    guarantee(
+        "Chaos",
+        "Postgres restarted mid-ingest",
+        int(restarted.is_set()),
+        "worker retries by itself; events = ground truth, none twice",
+    )

@@ -24,6 +24,7 @@ from ._recon_day import (
     fill,
     gap,
     h,
+    legacy,
     load,
     pending,
     refund,
@@ -394,6 +395,55 @@ def test_without_a_gap_a_lost_fill_is_three_breaks(engine: Engine) -> None:
         (str(BreakKind.CHAIN_PENDING_UNCONFIRMED), f"{h('txA')}|{h('a2')}"),
         (str(BreakKind.CHAIN_REFUND_ORPHAN), h("a2")),
     }
+
+
+def _lost_transaction_refund_in_a_second_batch(
+    rows: Rows, *, sent_with: datetime, gap_from: datetime, gap_to: datetime
+) -> None:
+    """The day in one ingest batch; then a batch with a refund whose whole transaction (txQ)
+    the orders feed lost, and a fill (txL) sent at `sent_with`; the feed's gap window."""
+    written = datetime(2026, 11, 20, tzinfo=UTC)
+    for table in ("order_filled", "order_filled_pending", "fee_refund", "feed_trade"):
+        for row in rows[table]:
+            row["received_at"] = written
+    _orphan_of_a_lost_transaction(rows)
+    second = {"received_at": written + timedelta(seconds=1)}
+    rows["fee_refund"][-1].update(second)
+    maker = fill("txL", 1, "l1", role="maker", shares=10**6, user="0xm3", version=2, at=sent_with)
+    taker = fill("txL", 2, "lt", role="taker", shares=10**6, user="0xt", version=2, at=sent_with)
+    rows["order_filled"] += [maker | second, taker | second]
+    rows["feed_trade"].append(legacy(maker) | second)
+    rows["gap_window"].append(gap("feed.orders", gap_from, gap_to))
+
+
+def test_an_orphan_refund_after_a_feed_gap_is_timed_by_what_arrived_before_it(
+    engine: Engine,
+) -> None:
+    """The refund comes in the first batch after the reconnect, with fills sent well after
+    the gap closed: they must not date it."""
+    rows = clean_day()
+    _lost_transaction_refund_in_a_second_batch(
+        rows,
+        sent_with=NOON + timedelta(minutes=5),
+        gap_from=NOON - timedelta(seconds=10),
+        gap_to=NOON + timedelta(seconds=10),
+    )
+    assert run(engine, rows) == set()
+
+
+def test_an_orphan_refund_delivered_just_before_a_feed_gap_is_explained_by_it(
+    engine: Engine,
+) -> None:
+    """A venue that reorders sent the refund ahead of its fill, and the feed dropped right
+    after the refund's batch: what arrived before that batch is older than the gap."""
+    rows = clean_day()
+    _lost_transaction_refund_in_a_second_batch(
+        rows,
+        sent_with=NOON + timedelta(seconds=20),
+        gap_from=NOON + timedelta(seconds=10),
+        gap_to=NOON + timedelta(minutes=3),
+    )
+    assert run(engine, rows) == set()
 
 
 def test_a_refund_whose_fill_is_on_the_next_day_is_not_an_orphan(engine: Engine) -> None:

@@ -4,6 +4,7 @@ auth, limits, health and injected faults."""
 from __future__ import annotations
 
 import json
+import re
 import select
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app.ingest import dropcopy, parse
 from app.venue import grpc_server
 from app.venue.faults import FaultRecord, FaultSpec, read_fault_log
 from app.venue.grpc_server import GrpcOptions
@@ -500,6 +502,49 @@ def test_faults_disconnect_duplicate_reorder_malformed(store: VenueStore) -> Non
     assert again.records == run.records
     other_seed = consume_with_faults(store, replace(spec, seed=4), len(want))
     assert other_seed.records != run.records
+
+
+# Each stream's malformed copies: the fault log's name for the key and where the copy keeps it.
+MALFORMED_KEYS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "executions": ("execution_id", lambda m: m.id),
+    "trade_captures": ("trade_id", lambda m: m.id),
+    "instrument_states": ("symbol", lambda m: m.symbol),
+    "position_changes": ("account", lambda m: m.position.account),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_malformed_messages_on_every_stream_are_refused_by_ingest_and_logged(
+    store: VenueStore, name: str
+) -> None:
+    """Every stream slips in broken copies at malformed_rate; our ingest parser refuses exactly
+    those the fault log names, and what it accepts is the stored day, in order."""
+    case = CASES[name]
+    ingest = next(spec for spec in dropcopy.STREAMS if spec.name == name)
+    key_name, key_of = MALFORMED_KEYS[name]
+    want = expected(store, case)
+    accepted: list[Message] = []
+    refused: dict[str, str] = {}
+
+    def take(response: Any) -> bool:
+        for item in getattr(response, case.items):
+            try:
+                ingest.parse(item)
+            except parse.Rejected as exc:
+                refused[key_of(item)] = exc.reason
+            else:
+                accepted.append(item)
+        return len(accepted) >= len(want)
+
+    options = VenueOptions(faults=FaultSpec.parse("malformed_rate=0.3,seed=2"))
+    with serve_store(store, options) as venue, grpc.insecure_channel(venue.grpc_target) as ch:
+        assert consume(open_stream(ch, case), take) is None
+        records = venue.fault_log.records("malformed", f"grpc.{name}")
+    assert accepted == want
+    assert set(refused) == {r.detail[key_name] for r in records}
+    assert all(key.startswith(f"MALFORMED-grpc.{name}-") for key in refused)
+    # Both ways of breaking a message of this stream were tried, each refused for its reason.
+    assert len({re.sub(r"-?\d+$", "", reason) for reason in refused.values()}) == 2
 
 
 def by_id(message: Any) -> str:

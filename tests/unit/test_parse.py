@@ -303,7 +303,7 @@ def test_bad_fee_refund_is_rejected(change: dict[str, Any], reason: str) -> None
         (b'{"type":"event","subscription_id":"s"}', "`data`"),
         (b'{"type":"ack","subscription_id":5}', "subscription_id"),
         (b'{"type":"event","subscription_id":"s","data":{"price":NaN}}', "JSON"),
-        (b'{"type":"connected"}\xff', "JSON"),
+        (b'{"type":"connected"}\xff', "invalid UTF-8: invalid start byte at byte 20"),
         (b'{"type":"error","message":"\xc3\x28"}', "UTF-8"),
         ('{"type":"ack","subscription_id":"\ud800"}', "UTF-8"),
         (b'{"type":"connected","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),

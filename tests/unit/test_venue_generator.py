@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from app.domain.breaks import BreakKind
-from app.venue.breaks import KIND_POOL
+from app.venue.breaks import KIND_POOL, reported_position
 from app.venue.encode import (
     decimal_text,
     encode_execution,
@@ -288,6 +288,26 @@ def test_apply_fill_keeps_net_equal_to_bought_minus_sold_and_reversal_undoes_qua
     assert (undone.net_position, undone.qty_bought, undone.qty_sold) == (6, 10, 4)
     for p in (long, reduced, flipped, undone):
         assert p.net_position == p.qty_bought - p.qty_sold
+
+
+@pytest.mark.parametrize(
+    ("bought", "sold"),
+    [(0, 7), (7, 0), (3, 3), (0, 0), (9, 2)],
+    ids=["short-only", "long-only", "flat", "untouched", "net-long"],
+)
+@pytest.mark.parametrize("offset", [-5, -1, 1, 5])
+def test_reported_position_moves_net_by_the_offset_and_keeps_quantities_valid(
+    bought: int, sold: int, offset: int
+) -> None:
+    """A venue's position bug must still be a valid Position: the ingest parser dead-letters a
+    negative qty_bought or qty_sold, and the break would then be lost with it."""
+    true = PositionState("A", "S", bought - sold, bought, sold, 0, 0, 1)
+    reported = reported_position(true, offset)
+    assert reported.net_position == true.net_position + offset
+    assert reported.net_position == reported.qty_bought - reported.qty_sold
+    assert reported.qty_bought >= true.qty_bought >= 0
+    assert reported.qty_sold >= true.qty_sold >= 0
+    assert (reported.cost, reported.realized) == (true.cost, true.realized)
 
 
 def confirmed_fills(day: Day) -> list[OrderFilled]:
