@@ -615,12 +615,18 @@ def print_summary(result: DemoResult, console: Console) -> None:
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     slowest = sorted(result.reconcile_timings.items(), key=lambda kv: -kv[1])[:5]
     console.print("reconcile, slowest steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in slowest))
+    backfilled = sum(gap.backfilled for gap in result.gaps)
+    console.print(
+        f"gap windows recorded by ingest: {len(result.gaps)} ({backfilled} backfilled from the"
+        " Report API; all are in the report); those that hid injected breaks:"
+    )
+    hiding = set(result.unobservable.values())
     for gap in result.gaps:
-        backfill = "backfilled from the Report API" if gap.backfilled else "no backfill"
-        console.print(
-            f"gap {gap.id}: {gap.source} {gap.start:%H:%M:%S}–{gap.end:%H:%M:%S} ({gap.reason};"
-            f" {backfill})"
-        )
+        if gap.id in hiding:
+            console.print(
+                f"  gap {gap.id}: {gap.source} {gap.start:%Y-%m-%d %H:%M:%S} to"
+                f" {gap.end:%Y-%m-%d %H:%M:%S} ({gap.reason})"
+            )
     for change in result.repeat_changes:
         console.print(f"  a second reconcile changed: {change}")
     for (kind, key), gap_id in sorted(result.unobservable.items()):

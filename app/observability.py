@@ -80,10 +80,10 @@ def register_settings_secrets(settings: Settings, database_url: str | None = Non
     ]
     endpoints += settings.alert_urls.get_secret_value().split(",")
     for url in (u.strip() for u in endpoints):
-        # A feed's API key is the last segment of its path; a webhook's token is somewhere in
-        # its path or query; an SMTP URL may carry a password.
+        # A feed's API key is the last segment of its path, and so is a webhook's token (or it
+        # is in the query); an SMTP URL may carry a password.
         parts = urllib.parse.urlsplit(url)
-        for part in (url, parts.path, parts.path.rstrip("/").rpartition("/")[2], parts.query):
+        for part in (url, parts.path.rstrip("/").rpartition("/")[2], parts.query):
             register_secret(part)
         _register_password(url)
 

@@ -5,7 +5,8 @@ checkpoint, one transaction per batch) and, in the same run, as a raw psycopg bi
 same rows into a plain table without keys or indexes (the floor any Postgres writer pays) and
 into a table with the target's keys and indexes (what the schema itself costs).
 A second pass re-delivers every row (all duplicates), as after a crash; a third writes them
-anew with `synchronous_commit=False` (what the DropCopy streams may use). The events are parsed
+anew with `synchronous_commit=False` (what a DropCopy stream could gain if it re-opened from its
+stored checkpoint after every database outage; see BatchWriter). The events are parsed
 from venue-shaped protobuf messages and feed JSON frames before the clock starts; the parse
 rate is printed too, since parsing shares the ingest budget. Prints os.cpu_count() and the load
 average: on a shared 2-core machine other work moves these numbers a lot.

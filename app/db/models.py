@@ -95,9 +95,9 @@ def execution_table_args(*extra: Any) -> tuple[Any, ...]:
             "order_qty", "order_price", "cum_qty", "leaves_qty", "avg_px", "last_shares", "last_px"
         ),
         Index(None, "business_date", "trade_id"),
-        Index(None, "business_date", "order_id"),
         Index(None, "business_date", "account", "symbol"),
-        # Compliance order trails look an order up without knowing its business date.
+        # Compliance order trails look an order up without knowing its business date; an order
+        # has a handful of executions, so this serves lookups within one day as well.
         Index(None, "order_id"),
         *extra,
         PARTITION_BY_DAY,

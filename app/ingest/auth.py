@@ -88,8 +88,8 @@ def load_private_key(path: Path) -> RSAPrivateKey:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise AuthError(f"cannot read the Auth0 private key file {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as key_file:
-        info = os.fstat(key_file.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise AuthError(f"the Auth0 private key file {path} is not a regular file")
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -97,6 +97,10 @@ def load_private_key(path: Path) -> RSAPrivateKey:
                 f"the Auth0 private key file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
             )
+    except AuthError:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as key_file:
         pem = key_file.read()
     try:
         key = serialization.load_pem_private_key(pem, password=None)

@@ -95,6 +95,7 @@ class _Paged(Protocol):
 
 Answer = TypeVar("Answer")
 Page = TypeVar("Page", bound=_Paged)
+Row = TypeVar("Row")
 
 
 def _timestamp(at: datetime) -> Timestamp:
@@ -139,7 +140,7 @@ class ReportClient:
             await self._bucket.acquire()
             self.calls += 1
             try:
-                return await call()
+                answer = await call()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code not in RETRYABLE or attempt == self._config.max_attempts:
@@ -152,6 +153,11 @@ class ReportClient:
                     self._config.backoff, state, self._clock(), self._rng.random()
                 )
                 await self._sleep(delay)
+                continue
+            # grpc hands back None, not an error, for an answer it cannot deserialize.
+            if answer is None:
+                raise ReportError(f"Report API {what} answered with bytes that do not decode")
+            return answer
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _pages(
@@ -170,6 +176,15 @@ class ReportClient:
             seen.add(token)
         raise ReportError(f"Report API {what} did not finish within {self._config.max_pages} pages")
 
+    def _page_rows(self, what: str, rows: Sequence[Row]) -> Sequence[Row]:
+        """A page's rows, refused when there are more than asked for: page_size bounds memory."""
+        if len(rows) > self._config.page_size:
+            raise ReportError(
+                f"Report API {what} returned {len(rows)} rows in a page of at most "
+                f"{self._config.page_size}"
+            )
+        return rows
+
     async def executions(
         self, start: datetime, end: datetime
     ) -> AsyncIterator[Sequence[trading_pb2.Execution]]:
@@ -185,7 +200,7 @@ class ReportClient:
             )
 
         async for page in self._pages("SearchExecutions", fetch):
-            yield page.executions
+            yield self._page_rows("SearchExecutions", page.executions)
 
     async def trades(
         self, start: datetime, end: datetime
@@ -202,7 +217,7 @@ class ReportClient:
             )
 
         async for page in self._pages("SearchTrades", fetch):
-            yield page.trades
+            yield self._page_rows("SearchTrades", page.trades)
 
     async def positions(self) -> Sequence[trading_pb2.Position]:
         # ListPositions is not a paced search on the venue, but one more token is cheap safety.

@@ -96,7 +96,7 @@ def _finish(
 ) -> None:
     conn.execute(
         text(
-            "UPDATE recon_run SET status = :status, finished_at = now(),"
+            "UPDATE recon_run SET status = :status, finished_at = clock_timestamp(),"
             " counts = CAST(:counts AS jsonb), timings = CAST(:timings AS jsonb), error = :error"
             " WHERE id = :id"
         ),

@@ -401,16 +401,19 @@ class FeedServer:
     async def _write(self, conn: _Connection) -> None:
         """Drain the connection's outbox to the socket, applying its faults to event frames.
 
-        Frames are gathered while the outbox has more and written together: one socket write
-        per frame costs the venue about three times the CPU per event, and on a small host the
-        venue shares its cores with the consumer under test. Each frame is still one message.
+        Frames are gathered while the outbox has more (up to an outbox's worth) and written
+        together: one socket write per frame costs the venue about three times the CPU per
+        event, and on a small host the venue shares its cores with the consumer under test.
+        Each frame is still one message.
         """
         plan = conn.plan
         out: list[bytes] = []
         pending: _Outgoing | None = None
         with contextlib.suppress(ConnectionClosed):
             while True:
-                if pending is None and conn.outbox.empty():
+                if pending is None and (
+                    conn.outbox.empty() or len(out) >= self.options.outbox_frames
+                ):
                     await _flush(conn.ws, out)
                 item = pending or await conn.outbox.get()
                 pending = None

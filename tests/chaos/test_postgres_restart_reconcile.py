@@ -162,6 +162,16 @@ def _restart_mid_runs(url: str, server: Any, store: VenueStore, venue: VenueHand
 
         summary = reconcile(engine, DAY.business_date, report=report_endpoint(venue))
         assert summary.snapshot is not None
+        with engine.connect() as conn:
+            took = conn.execute(
+                text(
+                    "SELECT extract(epoch FROM finished_at - started_at) FROM recon_run"
+                    " WHERE id = :id"
+                ),
+                {"id": summary.run_id},
+            ).scalar_one()
+        # The run's record spans the run: at least the steps it timed.
+        assert float(took) >= sum(summary.timings.values()) - 0.01, (took, summary.timings)
         expected = injected_breaks(store)
         assert len(expected) >= 16
         assert open_breaks(engine) == expected

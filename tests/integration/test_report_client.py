@@ -100,7 +100,7 @@ def paged(executions: list[trading_pb2.Execution], size: int) -> Pages:
 
 
 async def with_client(
-    servicer: ScriptedReport,
+    servicer: ScriptedReport | grpc.GenericRpcHandler,
     use: Callable[[ReportClient], Awaitable[Any]],
     config: ReportClientConfig | None = None,
 ) -> tuple[Any, list[float]]:
@@ -114,7 +114,10 @@ async def with_client(
         slept.append(seconds)
 
     server = grpc.aio.server()
-    report_pb2_grpc.add_ReportAPIServicer_to_server(servicer, server)
+    if isinstance(servicer, grpc.GenericRpcHandler):
+        server.add_generic_rpc_handlers([servicer])
+    else:
+        report_pb2_grpc.add_ReportAPIServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

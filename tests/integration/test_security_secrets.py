@@ -282,6 +282,7 @@ class Transcript:
     """Every output, by where it came from, and each command's exit code."""
 
     outputs: dict[str, str] = field(default_factory=dict)
+    stdouts: dict[str, str] = field(default_factory=dict)
     codes: dict[str, int] = field(default_factory=dict)
 
     def run(self, *commands: Command) -> None:
@@ -299,13 +300,10 @@ class Transcript:
             )
             self.codes[label] = done.returncode
             self.outputs[label] = done.stdout + done.stderr
-            self.outputs[f"{label} (stdout)"] = done.stdout
+            self.stdouts[label] = done.stdout
 
         with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             list(pool.map(one, commands))
-
-    def stdout(self, label: str) -> str:
-        return self.outputs[f"{label} (stdout)"]
 
 
 def _encodings(secret: str) -> set[str]:
@@ -452,7 +450,7 @@ def test_no_secret_in_any_output(
         ("query trades", ["query", "trades", "--limit", "20"], env),
         ("alerts deliver", ["alerts", "deliver"], env),
     )
-    first = json.loads(t.stdout("breaks list"))[0]["id"]
+    first = json.loads(t.stdouts["breaks list"])[0]["id"]
     t.run(("breaks show", ["breaks", "show", str(first)], env))
     files = sorted(p for p in out.rglob("*") if p.is_file())
     t.outputs.update({f"report file {p.name}": p.read_text(errors="replace") for p in files})
