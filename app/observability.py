@@ -24,7 +24,8 @@ REDACTED = "[REDACTED]"
 # Patterns for secrets we may not know by value: a bearer token or JWT in an error message,
 # the api key that the feed URLs carry in their path, a password inside a database URL.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"), r"\1" + REDACTED),
+    # Six characters at least, as for register_secret: "invalid bearer token)" is prose.
+    (re.compile(r"(?i)(bearer\s+)[^\s'\",;()\[\]]{6,}"), r"\1" + REDACTED),
     (re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), REDACTED),
     (re.compile(r"(/ws/)[^/\s?#'\"]+"), r"\1" + REDACTED),
     (re.compile(r"(://[^:/\s@]+:)[^@\s/]+(@)"), r"\1" + REDACTED + r"\2"),

@@ -475,7 +475,10 @@ def test_no_secret_in_any_output(
     ):
         assert t.codes[label] != 0, t.outputs[label]
     assert t.codes["insecure feed refused"] == 2
-    assert "RECON_FEED_ORDERS_URL" in t.outputs["insecure feed refused"]
+    assert (
+        "RECON_FEED_ORDERS_URL: ws:// to feeds.example.test" in t.outputs["insecure feed refused"]
+    )
+    assert "Traceback" not in t.outputs["insecure feed refused"]
 
     secrets = {
         "database password": DB_PASSWORD,

@@ -59,3 +59,10 @@ def test_healthz_body_is_redacted() -> None:
     assert status == 503
     assert "healthz-token-6d6d" not in body
     assert json.loads(body)["failure"] == f"UNAUTHENTICATED token {REDACTED} is not valid here"
+
+
+def test_bearer_prose_stays_readable() -> None:
+    assert redact("refuses our credentials (invalid bearer token)") == (
+        "refuses our credentials (invalid bearer token)"
+    )
+    assert redact("(authorization: Bearer abcdef123456)") == f"(authorization: Bearer {REDACTED})"

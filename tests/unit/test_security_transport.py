@@ -6,8 +6,6 @@ Only configuration is checked here; nothing connects anywhere.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +135,6 @@ def test_database_beyond_loopback_needs_tls(guarantee: Any) -> None:
         _settings(database_url=url, allow_insecure_nonloopback=True)
         tried += 1
     _tried(guarantee, tried, "database connection (no sslmode=require)")
-
-
-def test_recon_prints_the_refusal_without_the_url() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
-    env |= {"RECON_FEED_ORDERS_URL": f"ws://feeds.example.com/ws/{KEY}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "breaks", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "RECON_FEED_ORDERS_URL: ws:// to feeds.example.com is plaintext" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert KEY not in done.stdout + done.stderr
 
 
 # --- the Auth0 private key file --------------------------------------------------------------
