@@ -104,7 +104,9 @@ class Settings(BaseSettings):
         default=12.0, gt=0, description="Report API search calls per minute (venue limit: ~12)"
     )
     report_page_size: int = Field(default=10_000, ge=1, description="Report API page size")
-    report_max_pages: int = Field(default=10_000, ge=1, description="give up beyond this many")
+    # 1,000 pages of 10,000 rows is 10M rows (a busy day is ~1M executions); at 12 calls a
+    # minute a server that paginates forever is refused after ~85 min, not ~14 h.
+    report_max_pages: int = Field(default=1_000, ge=1, description="give up beyond this many")
 
     alert_urls: SecretStr = Field(
         default=SecretStr(""),

@@ -51,7 +51,7 @@ class ReportError(RuntimeError):
 class ReportClientConfig:
     requests_per_minute: float = 12.0
     page_size: int = 10_000  # the venue's maximum: fewest paced calls
-    max_pages: int = 10_000
+    max_pages: int = 1_000  # see Settings.report_max_pages
     max_attempts: int = 8
     backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base=1.0, cap=60.0))
     call_timeout: float = 60.0

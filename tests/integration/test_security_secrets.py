@@ -420,7 +420,10 @@ def test_no_secret_in_any_output(
     refusing_auth0 = with_auth0 | {"RECON_AUTH0_TOKEN_URL": auth0.url + "/refuse"}
 
     def database_at(**parts: Any) -> dict[str, str]:
-        url = make_url(role_database).set(**parts).render_as_string(hide_password=False)
+        # Over TCP on loopback even when the tests' server is the embedded one on a socket.
+        base = make_url(role_database)
+        query = {k: v for k, v in base.query.items() if k != "host"}
+        url = base.set(host="127.0.0.1", query=query, **parts).render_as_string(hide_password=False)
         return env | {"RECON_DATABASE_URL": url}
 
     password_refused = database_at(port=password_postgres.port)
