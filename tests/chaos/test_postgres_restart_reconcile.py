@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,13 @@ from app.db.session import make_engine
 from app.domain.breaks import RuleConfig
 from app.recon.report_client import ReportEndpoint
 from app.recon.service import reconcile
-from app.venue.grpc_server import GrpcOptions
 from app.venue.model import DayConfig
-from app.venue.run import VenueHandle, VenueOptions, open_store, serve_store
+from app.venue.run import VenueHandle, open_store
 from app.venue.store import VenueStore
 from tests.guarantees import Record
 from tests.integration.test_recon_venue import ingest
 
 from ._support import (
-    TOKEN,
     assert_whole_runs_only,
     injected_breaks,
     open_breaks,
@@ -43,15 +41,6 @@ DAY = DayConfig(seed=37, business_date=date(2026, 5, 6), scale=0.005)
 @pytest.fixture
 def store(tmp_path: Path) -> VenueStore:
     return open_store(DAY, tmp_path / "venue")
-
-
-@pytest.fixture
-def venue(store: VenueStore) -> Iterator[VenueHandle]:
-    options = VenueOptions(
-        grpc=GrpcOptions(tokens=frozenset({TOKEN}), report_requests_per_min=100_000)
-    )
-    with serve_store(store, options) as handle:
-        yield handle
 
 
 def _wait(engine: Engine, sql: str, timeout: float = 60) -> None:

@@ -20,9 +20,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.jobs.scheduler import Tick, execute, intraday_tick, resume_unfinished
-from app.venue.grpc_server import GrpcOptions
 from app.venue.model import DayConfig
-from app.venue.run import VenueHandle, VenueOptions, open_store, serve_store
+from app.venue.run import VenueHandle, open_store
 from app.venue.store import VenueStore
 from tests.guarantees import Record
 from tests.integration.test_alerts import WebhookReceiver
@@ -46,15 +45,6 @@ def store(tmp_path: Path) -> VenueStore:
     # Intraday ticks reconcile the UTC date they fall in: the venue plays that date.
     today = intraday_tick(datetime.now(UTC), EVERY).business_date
     return open_store(DayConfig(seed=31, business_date=today, scale=0.005), tmp_path / "venue")
-
-
-@pytest.fixture
-def venue(store: VenueStore) -> Iterator[VenueHandle]:
-    options = VenueOptions(
-        grpc=GrpcOptions(tokens=frozenset({TOKEN}), report_requests_per_min=100_000)
-    )
-    with serve_store(store, options) as handle:
-        yield handle
 
 
 @pytest.fixture
