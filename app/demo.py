@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -51,6 +50,8 @@ FEED_KEY = "demo-feed-key-5c1d"
 HEARTBEAT_S = 10.0
 
 BreakKey = tuple[str, str]
+# The venue's own record of when the chain confirmed each of some transactions (VenueStore's).
+ChainTimes = Callable[[Sequence[str]], Mapping[str, datetime]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ _CHAIN_TX: Mapping[BreakKind, tuple[tuple[str, ...], Callable[[Mapping[str, Any]
 
 
 def _tx_times(
-    conn: Connection, business_date: date, tx_hashes: set[str], store_path: Path
+    conn: Connection, business_date: date, tx_hashes: set[str], chain_times: ChainTimes
 ) -> dict[str, datetime]:
     """Block time of each transaction: from what ingest stored, else from the venue's own store
     (a transaction the orders feed lost entirely is only there)."""
@@ -249,16 +250,7 @@ def _tx_times(
     }
     lost = sorted(tx_hashes - times.keys())
     if lost:
-        # The venue store's documented schema: confirmed chain events as JSON in orders_feed.
-        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True) as venue:
-            rows = venue.execute(
-                "SELECT tx, min(ts) FROM (SELECT json_extract(CAST(data AS TEXT), '$.tx_hash')"
-                " AS tx, json_extract(CAST(data AS TEXT), '$.timestamp') AS ts"
-                " FROM orders_feed WHERE status = 'confirmed')"
-                f" WHERE tx IN ({', '.join('?' * len(lost))}) GROUP BY tx",
-                lost,
-            ).fetchall()
-        times.update({tx: datetime.fromtimestamp(ts, UTC) for tx, ts in rows})
+        times.update(chain_times(lost))
     return times
 
 
@@ -266,7 +258,7 @@ def _evidence(
     conn: Connection,
     business_date: date,
     absent: list[Mapping[str, Any]],
-    store_path: Path,
+    chain_times: ChainTimes,
     pending_grace: timedelta,
 ) -> dict[BreakKey, Evidence]:
     """Evidence of the injected breaks that were not found; kinds whose evidence a gap cannot
@@ -278,7 +270,7 @@ def _evidence(
         conn,
         business_date,
         {_CHAIN_TX[BreakKind(b["kind"])][1](b) for b in chain},
-        store_path,
+        chain_times,
     )
     for b in chain:
         sources, tx_of = _CHAIN_TX[BreakKind(b["kind"])]
@@ -326,13 +318,13 @@ def unobservable(
     *,
     truth: Mapping[str, Any],
     found: frozenset[BreakKey],
-    store_path: Path,
+    chain_times: ChainTimes,
     pending_grace: timedelta,
 ) -> dict[BreakKey, int]:
     """Injected breaks not found whose evidence lies inside a recorded gap → that gap's id."""
     absent = [b for b in truth["breaks"] if (b["kind"], b["key"]) not in found]
     out: dict[BreakKey, int] = {}
-    for key, evidence in _evidence(conn, business_date, absent, store_path, pending_grace).items():
+    for key, evidence in _evidence(conn, business_date, absent, chain_times, pending_grace).items():
         gap = _gap_of(conn, evidence)
         if gap is not None:
             out[key] = gap
@@ -343,7 +335,7 @@ def judge(
     engine: Engine,
     business_date: date,
     truth: Mapping[str, Any],
-    store_path: Path,
+    chain_times: ChainTimes,
     pending_grace: timedelta,
 ) -> tuple[frozenset[BreakKey], frozenset[BreakKey], dict[BreakKey, int], tuple[Gap, ...]]:
     """(injected, found, unobservable, gaps) for the day."""
@@ -355,7 +347,7 @@ def judge(
             business_date,
             truth=truth,
             found=found,
-            store_path=store_path,
+            chain_times=chain_times,
             pending_grace=pending_grace,
         )
         return injected, found, hidden, _gaps(conn)
@@ -580,7 +572,7 @@ def run_demo(
         engine,
         day.business_date,
         store.truth(),
-        store.path,
+        store.confirmed_tx_times,
         rule_config_from_settings().pending_grace,
     )
     laps.lap("judge")

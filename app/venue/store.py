@@ -18,6 +18,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
@@ -363,6 +364,20 @@ class VenueStore:
 
     def feed_length(self, feed: FeedName) -> int:
         return self._lengths[_FEED_TABLES[feed]]
+
+    def confirmed_tx_times(self, tx_hashes: Sequence[str]) -> dict[str, datetime]:
+        """The earliest confirmed orders-feed event time of each of these transactions (the
+        ground truth of when the chain saw it, whatever a consumer of the feed received)."""
+        if not tx_hashes:
+            return {}
+        rows = self._db().execute(
+            "SELECT tx, min(ts) FROM (SELECT json_extract(CAST(data AS TEXT), '$.tx_hash')"
+            " AS tx, json_extract(CAST(data AS TEXT), '$.timestamp') AS ts"
+            " FROM orders_feed WHERE status = 'confirmed')"
+            f" WHERE tx IN ({_marks(tx_hashes)}) GROUP BY tx",
+            list(tx_hashes),
+        )
+        return {tx: datetime.fromtimestamp(ts, UTC) for tx, ts in rows}
 
     def _feed(self, table: str, after_seq: int, limit: int) -> list[FeedRow]:
         rows = self._db().execute(

@@ -25,7 +25,7 @@ from app.venue.faults import FaultSpec
 from app.venue.feeds import FeedOptions
 from app.venue.grpc_server import GrpcOptions
 from app.venue.model import DayConfig
-from app.venue.run import VenueOptions, open_store, serve_store, store_path
+from app.venue.run import VenueOptions, open_store, serve_store
 from tests.e2e._ingest_support import (
     FEED_KEY,
     Truth,
@@ -118,7 +118,7 @@ def test_all_venue_faults_and_a_slow_consumer_end_to_end(
         engine,
         DAY.business_date,
         store.truth(),
-        store_path(DAY, tmp_path / "venue"),
+        store.confirmed_tx_times,
         RuleConfig().pending_grace,
     )
     assert found == open_breaks(engine)

@@ -3,15 +3,12 @@ excused only when its evidence lies inside a recorded gap of the source that car
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine, text
 
-from app.demo import unobservable
+from app.demo import ChainTimes, unobservable
 from app.domain.breaks import BreakKind
 
 from ._recon_day import NOON, D, Rows, clean_day, gap, h, load
@@ -24,22 +21,9 @@ def injected(kind: BreakKind, key: str, **details: Any) -> dict[str, Any]:
     return {"kind": str(kind), "key": key, "business_date": D.isoformat(), "details": details}
 
 
-def venue_store(path: Path, tx_hash: str, at: datetime) -> Path:
-    """A venue store holding one confirmed fill of `tx_hash` (the columns the judge reads)."""
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "CREATE TABLE orders_feed (seq INTEGER PRIMARY KEY, time_us INTEGER NOT NULL,"
-            " status TEXT NOT NULL, condition_id TEXT NOT NULL, market_slug TEXT NOT NULL,"
-            " users TEXT NOT NULL, data BLOB NOT NULL)"
-        )
-        data = orjson.dumps(
-            {"event_type": "order_filled", "tx_hash": tx_hash, "timestamp": int(at.timestamp())}
-        )
-        db.execute(
-            "INSERT INTO orders_feed VALUES (1, ?, 'confirmed', 'c', 'm', 'u', ?)",
-            (int(at.timestamp()) * 1_000_000, data),
-        )
-    return path
+def venue_times(tx_hash: str, at: datetime) -> ChainTimes:
+    """The venue's record of one confirmed transaction (what the judge asks a VenueStore)."""
+    return lambda txs: {tx: at for tx in txs if tx == tx_hash}
 
 
 def day_with_gaps() -> Rows:
@@ -64,7 +48,7 @@ def micros(at: datetime) -> int:
 
 
 def test_only_evidence_inside_a_gap_of_its_own_source_excuses_a_missed_break(
-    engine: Engine, tmp_path: Path
+    engine: Engine,
 ) -> None:
     with engine.begin() as conn:
         load(conn, day_with_gaps())
@@ -98,11 +82,11 @@ def test_only_evidence_inside_a_gap_of_its_own_source_excuses_a_missed_break(
             ),
         ]
     }
-    store = venue_store(tmp_path / "venue.sqlite", h("txZ"), in_trades_gap)
+    chain_times = venue_times(h("txZ"), in_trades_gap)
     found = frozenset({(str(BreakKind.CHAIN_REFUND_ORPHAN), h("zz"))})
     with engine.connect() as conn:
         hidden = unobservable(
-            conn, D, truth=truth, found=found, store_path=store, pending_grace=GRACE
+            conn, D, truth=truth, found=found, chain_times=chain_times, pending_grace=GRACE
         )
     assert hidden == {
         # mined at NOON, inside the orders feed's gap

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -531,3 +532,19 @@ def test_a_failing_chain_worker_fails_the_build_and_leaves_no_file(tmp_path: Pat
     with pytest.raises(RuntimeError, match="too small"):
         VenueStore.build(too_many, tmp_path / "day.sqlite", parallel=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_confirmed_tx_times_are_the_earliest_confirmed_event_of_each_transaction(
+    store: VenueStore,
+) -> None:
+    confirmed = [d for d in feed_data(store, "orders") if d.get("status") == "confirmed"]
+    expected: dict[str, datetime] = {}
+    for d in confirmed:
+        at = datetime.fromtimestamp(int(str(d["timestamp"])), UTC)
+        tx = str(d["tx_hash"])
+        expected[tx] = min(at, expected.get(tx, at))
+    asked = sorted(expected)[:50]
+    assert asked
+    unknown = "0x" + "f" * 64
+    assert store.confirmed_tx_times([*asked, unknown]) == {tx: expected[tx] for tx in asked}
+    assert store.confirmed_tx_times([]) == {}
