@@ -178,6 +178,43 @@ class BackendCpu(threading.Thread):
         return sum(self._seen.values()) if self._seen else None
 
 
+def peak_rss(pid: int) -> int | None:
+    """The process's own high-water RSS in bytes (VmHWM), None once it is gone.
+
+    Not wait4's ru_maxrss: on Linux that carries over the RSS of the forked copy of this
+    script from before the exec, so a worker started after a run that left this process big
+    (the raw-COPY sample) reported this process's size, not its own (1,060 MiB for ~130)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+class PeakRss(threading.Thread):
+    """The last VmHWM seen of each process, sampled every 0.1 s until it exits."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self._peaks = dict.fromkeys(pids, 0)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            for pid in self._peaks:
+                peak = peak_rss(pid)
+                if peak is not None:
+                    self._peaks[pid] = max(self._peaks[pid], peak)
+
+    def stop(self) -> list[int]:
+        self._done.set()
+        self.join()
+        return list(self._peaks.values())
+
+
 @dataclass
 class RunCpu:
     workers: float
@@ -217,14 +254,18 @@ def run_workers(
         for source in group:
             args += ["--source", source]
         procs.append(subprocess.Popen(args, env=env, cwd=ROOT))
-    peaks = []
+    rss = PeakRss([proc.pid for proc in procs])
+    rss.start()
     workers_cpu = 0.0
     for proc in procs:
+        # Reaped by wait4, not Popen.wait, for its CPU times; its /proc entry stays readable
+        # (a zombie keeps no VmHWM) until then, so the sampler has seen the last of it.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"worker failed with {os.waitstatus_to_exitcode(status)}")
-        peaks.append(usage.ru_maxrss * 1024)
         workers_cpu += usage.ru_utime + usage.ru_stime
+    peaks = rss.stop()
     wall = time.monotonic() - started
     venue_cpu = (cpu_seconds(venue_pid) or venue_before) - venue_before
     return wall, peaks, RunCpu(workers_cpu, venue_cpu, backends.stop())
