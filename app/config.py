@@ -35,6 +35,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def url_flag(query: str, key: str) -> bool:
+    """A switch in a URL's query string (`?starttls=1`): its last value, true if 1/true/yes/on."""
+    values = urllib.parse.parse_qs(query).get(key, ["0"])
+    return values[-1].lower() in {"1", "true", "yes", "on"}
+
+
 def grpc_target_host(target: str) -> str:
     """The host of a gRPC target: `host:port`, `[::1]:port` or `dns:///host:port`."""
     address = target.rsplit("/", 1)[-1]
@@ -76,8 +82,9 @@ class Settings(BaseSettings):
     )
     allow_insecure_nonloopback: bool = Field(
         default=False,
-        description="allow ws:// feeds, http:// webhooks and a database without sslmode=require"
-        " to non-loopback hosts (never in prod; gRPC has RECON_EXCHANGE_ALLOW_INSECURE)",
+        description="allow ws:// feeds, http:// webhooks, smtp:// without starttls and a database"
+        " without sslmode=require to non-loopback hosts (never in prod; gRPC has"
+        " RECON_EXCHANGE_ALLOW_INSECURE)",
     )
     ingest_resume_overlap_seconds: float = Field(
         default=60.0, ge=0, description="re-read this much before the last event on token expiry"
@@ -96,6 +103,11 @@ class Settings(BaseSettings):
 
     recon_pending_grace_seconds: float = Field(
         default=600.0, ge=0, description="a pending chain event older than this is a dropped tx"
+    )
+    recon_stream_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="intraday, compare only up to each stream's newest event less this much",
     )
     recon_drift_tolerance: Decimal = Field(
         default=Decimal("0.01"), ge=0, lt=1, description="pending vs confirmed, as a fraction"
@@ -167,6 +179,15 @@ class Settings(BaseSettings):
                 problems.append(
                     f"{name}: {parts.scheme}:// to {host} is plaintext and the URL carries its key;"
                     f" use {_PLAINTEXT_SCHEMES[parts.scheme]}://, or set"
+                    " RECON_ALLOW_INSECURE_NONLOOPBACK=true"
+                )
+            # smtp:// is TLS only when asked to upgrade; without it the login goes in the clear.
+            if parts.scheme == "smtp" and not (
+                url_flag(parts.query, "starttls") or is_loopback_host(host)
+            ):
+                problems.append(
+                    f"{name}: smtp:// to {host} without starttls=true sends the mail and the SMTP"
+                    " password in the clear; add starttls=true, use smtps://, or set"
                     " RECON_ALLOW_INSECURE_NONLOOPBACK=true"
                 )
         remote = _remote_database_hosts(self.database_url)

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from app.config import Settings
+from app.config import Settings, url_flag
 from app.db.base import Severity
 
 log = logging.getLogger(__name__)
@@ -239,10 +239,6 @@ class LogNotifier:
         log.warning("%s", digest.text)
 
 
-def _flag(values: dict[str, list[str]], key: str) -> bool:
-    return values.get(key, ["0"])[-1].lower() in {"1", "true", "yes", "on"}
-
-
 def parse_notifier(url: str, settings: Settings) -> Notifier:
     """One notifier from its URL; raises ValueError (without echoing the URL) when malformed."""
     parts = urlsplit(url.strip())
@@ -263,7 +259,7 @@ def parse_notifier(url: str, settings: Settings) -> Notifier:
             port=parts.port or (465 if scheme == "smtps" else 25),
             sender=senders[0],
             recipients=recipients,
-            starttls=_flag(query, "starttls"),
+            starttls=url_flag(parts.query, "starttls"),
             implicit_tls=scheme == "smtps",
             username=settings.alert_smtp_username,
             password=None if password is None else password.get_secret_value(),

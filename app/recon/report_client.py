@@ -104,6 +104,14 @@ def _timestamp(at: datetime) -> Timestamp:
     return ts
 
 
+def _last_page(page: _Paged) -> bool:
+    """SearchExecutions marks its last page with `eof`; a token sent along with it is not
+    followed (a server that hands one out anyway would otherwise be asked for more)."""
+    if isinstance(page, report_pb2.SearchExecutionsResponse) and page.eof:
+        return True
+    return not page.next_page_token
+
+
 def _bind(fetch: Callable[[str], Awaitable[Page]], token: str) -> Callable[[], Awaitable[Page]]:
     return lambda: fetch(token)
 
@@ -168,9 +176,9 @@ class ReportClient:
         for _ in range(self._config.max_pages):
             page = await self._call(what, _bind(fetch, token))
             yield page
-            token = page.next_page_token
-            if not token:
+            if _last_page(page):
                 return
+            token = page.next_page_token
             if token in seen:
                 raise ReportError(f"Report API {what} repeated page token {token[:32]!r}")
             seen.add(token)

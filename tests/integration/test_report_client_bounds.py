@@ -82,11 +82,23 @@ def refused(report: MisbehavingReport, config: ReportClientConfig | None = None)
     return str(caught.value)
 
 
-def page(*executions: trading_pb2.Execution, next_token: str = "") -> bytes:
+def page(*executions: trading_pb2.Execution, next_token: str = "", eof: bool = False) -> bytes:
     response = report_pb2.SearchExecutionsResponse(
-        executions=executions, next_page_token=next_token
+        executions=executions, next_page_token=next_token, eof=eof
     )
     return response.SerializeToString()
+
+
+def test_eof_ends_the_executions_even_when_a_next_page_token_comes_with_it() -> None:
+    def answer(request: report_pb2.SearchExecutionsRequest) -> bytes:
+        n = int(request.page_token[1:]) + 1 if request.page_token else 0
+        # Every page hands out a fresh token; the third also says it is the last.
+        return page(execution(f"E{n}"), next_token=f"t{n}", eof=n == 2)
+
+    report = MisbehavingReport({"SearchExecutions": answer})
+    ids = against(report, all_executions, ReportClientConfig(max_pages=50))
+    assert ids == ["E0", "E1", "E2"]
+    assert [r.page_token for r in report.requests] == ["", "t0", "t1"]
 
 
 def test_a_page_token_seen_before_is_caught_on_the_page_that_repeats_it(

@@ -1,11 +1,14 @@
 """What the database itself refuses, whatever the application does: an analyst's read-only login
-writes nothing, and the break audit trail refuses UPDATE, DELETE and TRUNCATE to a
-non-superuser application role, including one that owns the audit table."""
+writes nothing, and the break audit trail refuses UPDATE, DELETE and TRUNCATE to the application's
+login role, which cannot switch the append-only trigger off either: `recon_owner` owns the
+tables, the application logs in as a member of `recon_app`."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,11 +17,15 @@ from sqlalchemy import Engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.db import migrate
 from app.db.base import Base, BreakStatus, Severity
 from app.db.models import Break, BreakAudit
 from app.db.partitions import ensure_partitions, partition_name
 from app.db.session import make_engine
-from tests.integration._recon_day import D
+from app.domain.breaks import ManualAction, RuleConfig
+from app.recon.lifecycle import act, audit_trail, list_breaks
+from app.recon.service import reconcile
+from tests.integration._recon_day import NOON, D, clean_day, load
 
 TABLES = [t.name for t in Base.metadata.sorted_tables]
 FIRST_COLUMN = {t.name: next(iter(t.columns)).name for t in Base.metadata.sorted_tables}
@@ -37,13 +44,11 @@ def _writes(table: str) -> list[str]:
     ]
 
 
-def _login(engine: Engine, database_url: str, create: str, grants: list[str]) -> Iterator[Engine]:
+def _login(engine: Engine, database_url: str, create: str) -> Iterator[Engine]:
     """A new login role (dropped afterwards), and an engine connected as it."""
     name = f"recon_sec_{uuid.uuid4().hex[:10]}"
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(create.format(name=name)))
-        for grant in grants:
-            conn.execute(text(grant.format(name=name)))
     as_role = make_engine(make_url(database_url).set(username=name).render_as_string(False))
     try:
         yield as_role
@@ -59,24 +64,15 @@ def _login(engine: Engine, database_url: str, create: str, grants: list[str]) ->
 @pytest.fixture
 def analyst(engine: Engine, database_url: str) -> Iterator[Engine]:
     """How analysts are set up: a login role that is a member of recon_readonly."""
-    yield from _login(engine, database_url, "CREATE ROLE {name} LOGIN IN ROLE recon_readonly", [])
+    yield from _login(engine, database_url, "CREATE ROLE {name} LOGIN IN ROLE recon_readonly")
 
 
 @pytest.fixture
 def application(engine: Engine, database_url: str) -> Iterator[Engine]:
-    """A deployment's application role: not a superuser, every DML privilege on every table,
-    and the owner of the break tables (as when it ran the migrations itself)."""
+    """How the application's login is set up: not a superuser, a member of recon_app, and not
+    the role that ran the migrations."""
     yield from _login(
-        engine,
-        database_url,
-        "CREATE ROLE {name} LOGIN NOSUPERUSER",
-        [
-            "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public"
-            " TO {name}",
-            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}",
-            "ALTER TABLE recon_break OWNER TO {name}",
-            "ALTER TABLE break_audit OWNER TO {name}",
-        ],
+        engine, database_url, "CREATE ROLE {name} LOGIN NOSUPERUSER IN ROLE recon_app"
     )
 
 
@@ -154,16 +150,160 @@ def test_audit_trail_refuses_rewrites_by_the_application_role(
         )
     guarantee(
         "Security",
-        "application role (not superuser, owns the table) rewrites the break audit trail",
+        "application role (not superuser, member of recon_app) rewrites the break audit trail",
         len(statements),
         "UPDATE, DELETE, TRUNCATE refused; replica mode refused; appends still work",
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the table owner may disable its triggers: the application role must not own"
-    " break_audit (needs a migration that separates the owner role from the application role)",
-)
-def test_audit_table_owner_cannot_switch_the_trigger_off(application: Engine) -> None:
-    _refused(application, "ALTER TABLE break_audit DISABLE TRIGGER break_audit_append_only")
+def test_application_role_cannot_switch_the_audit_trigger_off(
+    engine: Engine, application: Engine, guarantee: Any
+) -> None:
+    statements = [
+        "ALTER TABLE break_audit DISABLE TRIGGER break_audit_append_only",
+        "ALTER TABLE break_audit DISABLE TRIGGER USER",
+        "DROP TRIGGER break_audit_append_only ON break_audit",
+        "ALTER TABLE break_audit OWNER TO CURRENT_USER",
+        "ALTER TABLE break_audit RENAME TO break_audit_old",
+        "DROP TABLE break_audit",
+        # Neutering the trigger's function works as well as dropping the trigger.
+        "CREATE OR REPLACE FUNCTION break_audit_append_only() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+        "ALTER FUNCTION break_audit_append_only() OWNER TO CURRENT_USER",
+        "SET ROLE recon_owner",
+        "GRANT recon_owner TO CURRENT_USER",
+    ]
+    for statement in statements:
+        refused = _refused(application, statement)
+        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+    with engine.connect() as conn:
+        trigger = conn.execute(
+            text(
+                "SELECT t.tgenabled, pg_get_userbyid(c.relowner) FROM pg_trigger AS t"
+                " JOIN pg_class AS c ON c.oid = t.tgrelid"
+                " WHERE t.tgname = 'break_audit_append_only' AND c.relname = 'break_audit'"
+            )
+        ).one()
+    assert tuple(trigger) == ("O", "recon_owner")  # "O": enabled (origin mode)
+    guarantee(
+        "Security",
+        "application role switches the audit trigger off: disable, drop, replace its function,"
+        " take ownership, SET ROLE recon_owner",
+        len(statements),
+        "every statement refused (insufficient privilege); trigger still on",
+    )
+
+
+def _privileges(engine: Engine, role: str, table: str) -> set[str]:
+    kinds = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+    with engine.connect() as conn:
+        return {
+            kind
+            for kind in kinds
+            if conn.execute(
+                text("SELECT has_table_privilege(:role, :table, :kind)"),
+                {"role": role, "table": table, "kind": kind},
+            ).scalar_one()
+        }
+
+
+def test_application_role_appends_to_the_audit_trail_and_works_the_break_lifecycle(
+    engine: Engine, application: Engine, guarantee: Any
+) -> None:
+    role = application.url.username
+    assert role is not None
+    assert _privileges(engine, role, "break_audit") == {"SELECT", "INSERT"}
+    assert _privileges(engine, role, "recon_break") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    with engine.connect() as conn:
+        owner = conn.execute(
+            text("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'break_audit'")
+        ).scalar_one()
+        assert owner == "recon_owner"
+        assert not conn.execute(
+            text("SELECT pg_has_role(:role, 'recon_owner', 'MEMBER')"), {"role": role}
+        ).scalar_one()
+
+    # The whole day as the application: partitions (ensure_partitions runs as recon_owner),
+    # facts, a reconciliation that opens a break, then a person acknowledges and resolves it.
+    rows = clean_day()
+    rows["execution"] = [e for e in rows["execution"] if e["id"] != "E5"]
+    with application.begin() as conn:
+        load(conn, rows)
+    reconcile(application, D, report=None, as_of=NOON + timedelta(hours=1), rules=RuleConfig())
+    with application.connect() as conn:
+        (found,) = list_breaks(conn, now=datetime.now(UTC))
+    for action in (ManualAction.ACKNOWLEDGE, ManualAction.RESOLVE):
+        with application.begin() as conn:
+            act(conn, found.id, action, actor="ops@firm", now=datetime.now(UTC))
+
+    rewrites = [
+        "UPDATE break_audit SET note = 'rewritten'",
+        "DELETE FROM break_audit",
+        "TRUNCATE break_audit",
+    ]
+    for statement in rewrites:
+        # Refused by privilege, before the append-only trigger is even reached.
+        refused = _refused(application, statement)
+        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+    with engine.connect() as conn:
+        trail = audit_trail(conn, found.id)
+        partition_owner = conn.execute(
+            text("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = :name"),
+            {"name": partition_name("execution", D)},
+        ).scalar_one()
+    assert [(a.actor, a.action, a.to_status) for a in trail] == [
+        ("recon", "opened", "open"),
+        ("ops@firm", "acknowledged", "acknowledged"),
+        ("ops@firm", "resolved", "resolved"),
+    ]
+    assert partition_owner == "recon_owner"
+    guarantee(
+        "Security",
+        "application role UPDATEs, DELETEs, TRUNCATEs the break audit trail after a full"
+        " break lifecycle (open, acknowledge, resolve) it ran itself",
+        len(rewrites),
+        "refused by privilege (SELECT and INSERT only); the lifecycle's audit rows all written",
+    )
+
+
+def test_a_migrator_that_cannot_hand_over_keeps_the_tables_and_the_guarantee(
+    pg_server_url: str,
+) -> None:
+    """A database owner without CREATEROLE runs the migrations: it keeps owning the tables (with
+    a warning), and an application login in recon_app is still refused and still partitions."""
+    migrator = f"recon_sec_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(pg_server_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {migrator} LOGIN"))
+        conn.execute(text(f"CREATE DATABASE {migrator} OWNER {migrator}"))
+    url = make_url(pg_server_url).set(database=migrator)
+    as_admin = make_engine(url.render_as_string(False))
+    try:
+        migrate.upgrade(url.set(username=migrator).render_as_string(False))
+        login = contextmanager(_login)
+        with login(
+            as_admin, url.render_as_string(False), "CREATE ROLE {name} LOGIN IN ROLE recon_app"
+        ) as application:
+            refused = _refused(
+                application, "ALTER TABLE break_audit DISABLE TRIGGER break_audit_append_only"
+            )
+            assert isinstance(refused, errors.InsufficientPrivilege)
+            refused = _refused(application, "DELETE FROM break_audit")
+            assert isinstance(refused, errors.InsufficientPrivilege)
+            with application.begin() as conn:
+                assert ensure_partitions(conn, [D]) > 0
+        with as_admin.connect() as conn:
+            owners = conn.execute(
+                text(
+                    "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+                    " WHERE relname IN ('break_audit', :partition)"
+                ),
+                {"partition": partition_name("execution", D)},
+            ).scalars()
+            assert list(owners) == [migrator]
+    finally:
+        as_admin.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {migrator} WITH (FORCE)"))
+            conn.execute(text(f"DROP ROLE IF EXISTS {migrator}"))
+        admin.dispose()

@@ -109,6 +109,32 @@ def test_plaintext_webhook_only_to_loopback() -> None:
     _settings(alert_urls=f"https://hooks.example.com/services/{KEY}")
 
 
+def _smtp(host: str, query: str = "", scheme: str = "smtp") -> str:
+    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{scheme}://recon:{PASSWORD}@{bracketed}:587?from=a@x.test&to=b@x.test{query}"
+
+
+def test_plaintext_smtp_only_to_loopback(guarantee: Any) -> None:
+    for host in LOOPBACK_HOSTS:
+        _settings(alert_urls=_smtp(host))
+    tried = 0
+    for host in REMOTE_HOSTS:
+        for query in ("", "&starttls=0", "&starttls=false", "&starttls=1&starttls=no"):
+            message = _refusal(alert_urls=f"log:,{_smtp(host, query)}")
+            assert "RECON_ALERT_URLS" in message
+            assert "starttls=true" in message
+            assert "smtps://" in message
+            assert "RECON_ALLOW_INSECURE_NONLOOPBACK" in message
+            assert PASSWORD not in message
+            _settings(alert_urls=_smtp(host, query), allow_insecure_nonloopback=True)
+            tried += 1
+        for query in ("&starttls=true", "&starttls=1", "&STARTTLS=x&starttls=Yes"):
+            _settings(alert_urls=_smtp(host, query))
+        _settings(alert_urls=_smtp(host, scheme="smtps"))
+        _settings(alert_urls=_smtp(host, scheme="SMTPS"))
+    _tried(guarantee, tried, "SMTP alerts (smtp:// without starttls=true)")
+
+
 DATABASE_URLS = [
     (f"postgresql://recon:{PASSWORD}@127.0.0.1:5432/recon", True),
     (f"postgresql://recon:{PASSWORD}@localhost/recon", True),
