@@ -16,6 +16,7 @@ from app.db import migrate
 from app.db.base import Base
 from app.db.partitions import ensure_partitions
 from app.db.session import make_engine
+from app.jobs.scheduler import JOBSTORE_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 OUR_FUNCTIONS = {"ensure_partitions", "break_audit_append_only"}
@@ -64,7 +65,7 @@ def triggers(engine: Engine) -> set[str]:
 
 def test_upgrade_check_downgrade_upgrade(empty_database_url: str, empty_engine: Engine) -> None:
     migrate.upgrade(empty_database_url)
-    assert tables(empty_engine) == set(Base.metadata.tables) | {"alembic_version"}
+    assert tables(empty_engine) == set(Base.metadata.tables) | {"alembic_version", JOBSTORE_TABLE}
     assert functions(empty_engine) == OUR_FUNCTIONS
     assert triggers(empty_engine) == {"break_audit_append_only"}
     migrate.check(empty_database_url)
@@ -76,7 +77,7 @@ def test_upgrade_check_downgrade_upgrade(empty_database_url: str, empty_engine: 
 
     migrate.upgrade(empty_database_url)
     migrate.check(empty_database_url)
-    assert tables(empty_engine) == set(Base.metadata.tables) | {"alembic_version"}
+    assert tables(empty_engine) == set(Base.metadata.tables) | {"alembic_version", JOBSTORE_TABLE}
 
 
 def test_check_is_clean_with_day_partitions(database_url: str, engine: Engine) -> None:

@@ -12,17 +12,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg import errors
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db import migrate
 from app.db.base import Base, BreakStatus, Severity
 from app.db.models import Break, BreakAudit
 from app.db.partitions import ensure_partitions, partition_name
 from app.db.session import make_engine
 from app.domain.breaks import ManualAction, RuleConfig
+from app.jobs.scheduler import JOBSTORE_TABLE, configure
 from app.recon.lifecycle import act, audit_trail, list_breaks
 from app.recon.service import reconcile
 from tests.integration._recon_day import NOON, D, clean_day, load
@@ -307,3 +310,18 @@ def test_a_migrator_that_cannot_hand_over_keeps_the_tables_and_the_guarantee(
             conn.execute(text(f"DROP DATABASE IF EXISTS {migrator} WITH (FORCE)"))
             conn.execute(text(f"DROP ROLE IF EXISTS {migrator}"))
         admin.dispose()
+
+
+def test_the_scheduler_runs_as_the_application_role(engine: Engine, application: Engine) -> None:
+    """APScheduler's job store creates its table when it is missing; the application role may
+    not create tables, so the migrations make it (a scheduler failed to start as recon_app)."""
+    scheduler = configure(BackgroundScheduler(), application, Settings(eod_time="03:00"))
+    scheduler.start(paused=True)
+    try:
+        stored = {job.id for job in scheduler.get_jobs()}
+    finally:
+        scheduler.shutdown(wait=False)
+    with engine.connect() as conn:
+        ids = set(conn.execute(text(f"SELECT id FROM {JOBSTORE_TABLE}")).scalars())
+    assert stored
+    assert ids == stored
