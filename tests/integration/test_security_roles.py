@@ -5,6 +5,7 @@ tables, the application logs in as a member of `recon_app`."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +26,13 @@ from app.db.models import Break, BreakAudit
 from app.db.partitions import ensure_partitions, partition_name
 from app.db.session import make_engine
 from app.domain.breaks import ManualAction, RuleConfig
+from app.ingest.writer import BatchWriter, Checkpoint
 from app.jobs.scheduler import JOBSTORE_TABLE, configure
 from app.recon.lifecycle import act, audit_trail, list_breaks
 from app.recon.service import reconcile
 from tests.integration._recon_day import NOON, D, clean_day, load
+from tests.integration.test_writer import DAY as WRITER_DAY
+from tests.integration.test_writer import Day
 
 TABLES = [t.name for t in Base.metadata.sorted_tables]
 FIRST_COLUMN = {t.name: next(iter(t.columns)).name for t in Base.metadata.sorted_tables}
@@ -58,6 +62,13 @@ def _login(engine: Engine, database_url: str, create: str) -> Iterator[Engine]:
     finally:
         as_role.dispose()
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # A closed session drops its temporary tables as its backend exits, after the
+            # client has gone: wait for that, or REASSIGN trips over a table being dropped.
+            for _ in range(100):
+                sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = :name"
+                if conn.execute(text(sessions), {"name": name}).scalar_one() == 0:
+                    break
+                time.sleep(0.05)
             # Gives what it owns back, so the role can go; the database is dropped after.
             conn.execute(text(f"REASSIGN OWNED BY {name} TO CURRENT_USER"))
             conn.execute(text(f"DROP OWNED BY {name}"))
@@ -325,3 +336,22 @@ def test_the_scheduler_runs_as_the_application_role(engine: Engine, application:
         ids = set(conn.execute(text(f"SELECT id FROM {JOBSTORE_TABLE}")).scalars())
     assert stored
     assert ids == stored
+
+
+def test_the_ingest_writer_runs_as_the_application_role(
+    engine: Engine, application: Engine
+) -> None:
+    """Staging tables, day partitions (through ensure_partitions) and every merge, as recon_app:
+    a whole day of every event kind, on days no partition exists for yet."""
+    day = Day("a99a0001")
+    events = day.events()
+    result = BatchWriter(application).write(events, [], Checkpoint("a99a0001", b"t", NOON))
+    assert result.events == len(events)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM order_filled")).scalar_one()
+        owner = conn.execute(
+            text("SELECT tableowner FROM pg_tables WHERE tablename = :t"),
+            {"t": partition_name("order_filled", WRITER_DAY)},
+        ).scalar_one()
+    assert stored > 0
+    assert owner == "recon_owner"
