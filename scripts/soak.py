@@ -1,17 +1,20 @@
 """Soak run (bounded): the venue plays a day live at a fixed rate while `recon ingest` and
-`recon scheduler` (intraday reconciliation every minute) run on it for `--minutes`.
+`recon scheduler` (intraday reconciliation, Report API included, every `--intraday-minutes`) run
+on it for `--minutes`.
 
 Every `--sample-seconds` it samples the worker's and the scheduler's RSS, each DropCopy stream's
 and feed's committed events and checkpoint age (seconds since its last commit: how far the
 database is behind what the worker has read), and the reconciliation runs so far. At the end it
 prints a summary (RSS min/max after warm-up and its drift, max checkpoint age, events/s per source
-against the pace, reconcile runs and their durations) and writes it, with every sample, as JSON.
+against the pace, each reconcile run's duration, horizon and breaks, and the breaks opened that
+the venue did not inject) and writes it, with every sample, as JSON.
 
     .venv/bin/python scripts/soak.py --minutes 5 --pace 300 --out /tmp/soak.json
 
 The day is built for the business date of today (UTC), so the intraday ticks reconcile it, and
-big enough that no stream runs dry before the end. The database is a fresh `polyrecon_soak` on
-the server of `--database-url` (default: RECON_TEST_DATABASE_URL, else the local Postgres).
+big enough that the executions stream does not run dry before the end (`--store-dir` keeps it
+for the next run of the same day and pace). The database is a fresh `polyrecon_soak` on the
+server of `--database-url` (default: RECON_TEST_DATABASE_URL, else the local Postgres).
 """
 
 from __future__ import annotations
@@ -71,7 +74,11 @@ class Summary:
     scheduler_rss_mb: dict[str, float] = field(default_factory=dict)
     events_per_s: dict[str, float] = field(default_factory=dict)
     max_checkpoint_age_s: dict[str, float] = field(default_factory=dict)
+    # A stream that has played its whole day goes quiet and its checkpoint ages: from then on
+    # (its last advance) its age says nothing about lag.
+    last_advance_s: dict[str, float] = field(default_factory=dict)
     reconcile: dict[str, Any] = field(default_factory=dict)
+    breaks: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -90,7 +97,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_venue(args: argparse.Namespace, scale: float, store: Path) -> tuple[Any, dict[str, str]]:
+def start_venue(
+    args: argparse.Namespace, scale: float, store: Path, truth: Path
+) -> tuple[Any, dict[str, str]]:
     today = datetime.now(UTC).date()
     venue = subprocess.Popen(
         [
@@ -100,6 +109,7 @@ def start_venue(args: argparse.Namespace, scale: float, store: Path) -> tuple[An
             f"--date={today.isoformat()}",
             f"--scale={scale}",
             f"--store={store}",
+            f"--truth={truth}",
             "--grpc-port=0",
             "--orders-port=0",
             "--trades-port=0",
@@ -120,7 +130,9 @@ def start_venue(args: argparse.Namespace, scale: float, store: Path) -> tuple[An
     return venue, json.loads(line)
 
 
-def recon_env(database_url: str, endpoints: dict[str, str]) -> dict[str, str]:
+def recon_env(
+    database_url: str, endpoints: dict[str, str], intraday_minutes: float
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
     env.update(
         RECON_DATABASE_URL=database_url,
@@ -130,7 +142,7 @@ def recon_env(database_url: str, endpoints: dict[str, str]) -> dict[str, str]:
         RECON_PARTICIPANT_ID=PARTICIPANT,
         RECON_FEED_ORDERS_URL=endpoints["orders_url"],
         RECON_FEED_TRADES_URL=endpoints["trades_url"],
-        RECON_INTRADAY_MINUTES="1",
+        RECON_INTRADAY_MINUTES=str(intraday_minutes),
         # End of day well away from the run: this measures intraday reconciliation.
         RECON_EOD_TIME=f"{(datetime.now(UTC).hour + 12) % 24:02d}:00",
         RECON_TIMEZONE="UTC",
@@ -172,6 +184,25 @@ def rss_summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def _until_last_advance(samples: list[Sample], stream: str) -> list[Sample]:
+    """The samples up to the last one in which `stream` had committed more events."""
+    last = 0
+    for i in range(1, len(samples)):
+        if samples[i].events.get(stream, 0) > samples[i - 1].events.get(stream, 0):
+            last = i
+    return samples[: last + 1]
+
+
+def _busy_age(point: Sample, before: Sample | None) -> float:
+    """The oldest checkpoint among the streams that committed since the previous sample."""
+    busy = [
+        age
+        for stream, age in point.checkpoint_age_s.items()
+        if before is None or point.events[stream] > before.events.get(stream, 0)
+    ]
+    return max(busy, default=0.0)
+
+
 def summarise(summary: Summary, conn: psycopg.Connection[Any]) -> None:
     steady = [s for s in summary.samples if s.t >= WARM_UP_S] or summary.samples
     summary.worker_rss_mb = rss_summary([s.worker_rss_mb for s in steady])
@@ -181,19 +212,53 @@ def summarise(summary: Summary, conn: psycopg.Connection[Any]) -> None:
     for stream, total in last.events.items():
         before = first.events.get(stream, 0)
         summary.events_per_s[stream] = round((total - before) / span, 1) if span else 0.0
+        active = _until_last_advance(steady, stream)
         summary.max_checkpoint_age_s[stream] = max(
-            s.checkpoint_age_s.get(stream, 0.0) for s in steady
+            s.checkpoint_age_s.get(stream, 0.0) for s in active
         )
+        summary.last_advance_s[stream] = active[-1].t
     runs = conn.execute(
-        "SELECT extract(epoch FROM finished_at - started_at), status FROM recon_run"
+        "SELECT extract(epoch FROM finished_at - started_at), status, counts FROM recon_run"
         " WHERE job = 'reconcile' ORDER BY id"
     ).fetchall()
-    durations = [round(float(d), 2) for d, status in runs if status == "succeeded"]
+    succeeded = [
+        (round(float(d), 2), counts) for d, status, counts in runs if status == "succeeded"
+    ]
+    durations = [d for d, _ in succeeded]
     summary.reconcile = {
         "runs": len(runs),
         "succeeded": len(durations),
         "seconds": durations,
         "max_seconds": max(durations, default=0.0),
+        "per_run": [
+            {
+                "seconds": d,
+                "breaks_found": sum(counts["found"].values()),
+                "opened": counts["lifecycle"]["opened"],
+                "horizons": counts.get("horizons", {}),
+                "deferred": counts.get("deferred", {}),
+            }
+            for d, counts in succeeded
+        ],
+    }
+
+
+def breaks_summary(conn: psycopg.Connection[Any], truth: Path) -> dict[str, Any]:
+    """Every break the runs opened, against the venue's injected ones (which need not all have
+    played by the end): the ones it did not inject are false alarms."""
+    injected = {(b["kind"], b["key"]) for b in json.loads(truth.read_text())["breaks"]}
+    opened = conn.execute("SELECT kind, key FROM recon_break").fetchall()
+    not_injected = sorted((kind, key) for kind, key in opened if (kind, key) not in injected)
+    by_kind: dict[str, int] = {}
+    for kind, _ in not_injected:
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    return {
+        "injected_in_the_day": len(injected),
+        "opened": len(opened),
+        "opened_injected": len(opened) - len(not_injected),
+        "opened_not_injected": len(not_injected),
+        "not_injected_by_kind": by_kind,
+        "not_injected_examples": [f"{kind} {key}" for kind, key in not_injected[:10]],
     }
 
 
@@ -214,6 +279,15 @@ def main() -> None:
         "--pace", type=float, default=300.0, help="events/s the venue plays per stream and feed"
     )
     parser.add_argument("--sample-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--intraday-minutes",
+        type=float,
+        default=2.0,
+        help="the scheduler's intraday reconciliation interval",
+    )
+    parser.add_argument(
+        "--store-dir", type=Path, help="keep the built day here (default: a temporary directory)"
+    )
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument(
         "--database-url",
@@ -237,8 +311,10 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         print(f"building a day at scale {scale} and starting the venue", flush=True)
-        venue, endpoints = start_venue(args, scale, Path(tmp) / "venue")
-        env = recon_env(database_url, endpoints)
+        truth = Path(tmp) / "truth.json"
+        store = args.store_dir or Path(tmp) / "venue"
+        venue, endpoints = start_venue(args, scale, store, truth)
+        env = recon_env(database_url, endpoints, args.intraday_minutes)
         # Their logs (and the log notifier's alerts) go to files beside the JSON, not the screen.
         logs = args.out.with_suffix("")
         with (
@@ -246,12 +322,8 @@ def main() -> None:
             open(f"{logs}.scheduler.log", "w", encoding="utf-8") as scheduler_log,
         ):
             worker = subprocess.Popen([*RECON, "ingest"], env=env, cwd=ROOT, stderr=ingest_log)
-            # The simulated Report API already knows the whole day, so mid-day it would report
-            # every execution not yet played as missing from the stream; intraday runs here
-            # reconcile what was ingested (the chain and stream rules) without it.
-            scheduler_env = {k: v for k, v in env.items() if k != "RECON_EXCHANGE_TOKEN"}
             scheduler = subprocess.Popen(
-                [*RECON, "scheduler"], env=scheduler_env, cwd=ROOT, stderr=scheduler_log
+                [*RECON, "scheduler"], env=env, cwd=ROOT, stderr=scheduler_log
             )
         started = time.monotonic()
         try:
@@ -260,14 +332,15 @@ def main() -> None:
                     time.sleep(args.sample_seconds)
                     for proc in (worker, scheduler, venue):
                         if proc.poll() is not None:
-                            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+                            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
                     point = sample(conn, now, worker.pid, scheduler.pid)
+                    before = summary.samples[-1] if summary.samples else None
                     summary.samples.append(point)
-                    age = max(point.checkpoint_age_s.values(), default=0.0)
+                    age = _busy_age(point, before)
                     print(
                         f"t={point.t:6.0f}s worker {point.worker_rss_mb:6.1f} MB"
                         f" events {sum(point.events.values()):>9,}"
-                        f" max checkpoint age {age:5.1f}s"
+                        f" busy streams' max checkpoint age {age:5.1f}s"
                         f" reconciles {point.reconcile_runs}",
                         flush=True,
                     )
@@ -276,6 +349,7 @@ def main() -> None:
                 if stop(worker) != 0:
                     raise SystemExit("the worker did not stop cleanly")
                 summarise(summary, conn)
+                summary.breaks = breaks_summary(conn, truth)
         finally:
             for proc in (scheduler, worker, venue):
                 stop(proc, signal.SIGKILL if proc is not venue else signal.SIGTERM)

@@ -122,10 +122,16 @@ class RuleConfig:
 
     pending_grace: timedelta = timedelta(minutes=10)
     drift_tolerance: Decimal = Decimal("0.01")
+    # A live DropCopy stream lags the Report API by seconds, and may still deliver events a
+    # little older than its newest (shards, reordering): intraday, what is newer than a
+    # stream's newest event less this grace waits for a later run.
+    stream_grace: timedelta = timedelta(minutes=1)
 
     def __post_init__(self) -> None:
         if self.pending_grace < timedelta(0):
             raise ValueError("pending_grace must not be negative")
+        if self.stream_grace < timedelta(0):
+            raise ValueError("stream_grace must not be negative")
         if not Decimal(0) <= self.drift_tolerance < Decimal(1):
             raise ValueError("drift_tolerance must be a fraction in [0, 1)")
 

@@ -12,7 +12,8 @@ the same business date, set-wise, in the caller's transaction:
 | resolved by a person, `actual` moved | yes       | open, occurrences + 1; `reopened`, alert    |
 | open / acknowledged                  | no        | resolved; audit `auto_resolved`             |
 
-Only kinds the run evaluated are auto-resolved: a rule that did not run proves nothing.
+Only kinds the run evaluated are auto-resolved: a rule that did not run proves nothing, and
+neither does one about a break beyond its horizon (staged `deferred`): that break is left as is.
 Every status change writes a `break_audit` row; `break_audit` itself is append-only.
 """
 
@@ -83,7 +84,7 @@ SELECT b.id, b.status AS from_status, f.kind IS NOT NULL AS present,
         ORDER BY a.id DESC LIMIT 1) AS resolved_by
 FROM recon_break AS b
 LEFT JOIN recon_found AS f ON f.kind = b.kind AND f.key = b.key
-WHERE b.business_date = :business_date AND b.kind = ANY(:kinds)
+WHERE b.business_date = :business_date AND b.kind = ANY(:kinds) AND f.deferred IS NOT TRUE
 """
 
 _AUTO_RESOLVE = """
@@ -144,6 +145,7 @@ WITH created AS (
   SELECT f.kind, f.business_date, f.key, f.severity, 'open', f.expected, f.actual, f.details,
          :now, :now, 1, :run_id
   FROM recon_found AS f
+  WHERE NOT f.deferred
   ON CONFLICT (kind, business_date, key) DO NOTHING
   RETURNING *
 ), alerted AS (

@@ -10,8 +10,14 @@ Conventions every rule follows:
   the orders feed), `actual` what the side under test says; both are JSON objects or NULL.
 - A window in `gap_window` explains an absence: events inside a gap of the feed or stream that
   would have carried them are not breaks (the exchange stream's gaps are backfilled instead).
+- Intraday, sources are compared only up to a horizon: a live stream has not delivered yet
+  what is newer than its newest event (less a grace), and a Report API snapshot knows nothing
+  newer than its own newest row. A rule names the sources it compares (`horizon`); its query
+  leaves out what lies beyond `:horizon` (NULL: compare everything, the day is over), and its
+  stored breaks beyond it are staged as deferred so the lifecycle neither clears nor touches
+  them (`horizon_field` names the details time that places a break). Gaps are separate.
 - Bind parameters: `:business_date`, `:as_of`, `:pending_grace`, `:drift_tolerance`,
-  `:has_report`, `:report_as_of`, and the gap source patterns `:gap_executions`,
+  `:has_report`, `:report_as_of`, `:horizon`, and the gap source patterns `:gap_executions`,
   `:gap_orders`, `:gap_trades` (LIKE patterns on `gap_window.source`).
 """
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -32,13 +40,35 @@ GAP_EXECUTIONS = "dropcopy.executions%"
 GAP_ORDERS_FEED = "feed.orders%"
 GAP_TRADES_FEED = "feed.trades%"
 
+# Sources a horizon is made of: the ingest checkpoints' stream names (before the shard) and the
+# date's Report API snapshot.
+STREAM_EXECUTIONS = "dropcopy.executions"
+STREAM_TRADE_CAPTURES = "dropcopy.trade_captures"
+STREAM_POSITION_CHANGES = "dropcopy.position_changes"
+FEED_ORDERS = "feed.orders"
+FEED_TRADES = "feed.trades"
+REPORT_EXECUTIONS = "report.executions"
+REPORT_TRADES = "report.trades"
+REPORT_POSITIONS = "report.positions"
+# Everything up to `:horizon`; a NULL horizon is no bound at all.
+WITHIN_HORIZON = "<= coalesce(CAST(:horizon AS timestamptz), 'infinity')"
+
 FILL_TYPES = "('EXECUTION_TYPE_FILL', 'EXECUTION_TYPE_PARTIAL_FILL')"
 BUSTED = "'TRADE_STATE_BUSTED'"
-# For a fill `e`: its trade was busted, which reverses the fill.
-BUSTED_TRADE = (
-    "EXISTS (SELECT 1 FROM trade_capture AS t"
-    " WHERE t.business_date = e.business_date AND t.id = e.trade_id AND t.busted)"
-)
+
+
+def _busted(also: str = "") -> str:
+    """SQL predicate for a fill `e`: its trade was busted (`also` holding of the trade `t`),
+    which reverses the fill."""
+    return (
+        "EXISTS (SELECT 1 FROM trade_capture AS t"
+        f" WHERE t.business_date = e.business_date AND t.id = e.trade_id AND t.busted{also})"
+    )
+
+
+BUSTED_TRADE = _busted()
+# Busted by the horizon: a fill busted after it still counted then.
+BUSTED_BY_HORIZON = _busted(f" AND coalesce(t.update_time, t.transact_time) {WITHIN_HORIZON}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +78,85 @@ class Rule:
     query: str
     needs_report: bool = False
     prepare: tuple[str, ...] = ()
+    horizon: tuple[str, ...] = ()  # sources that may not have delivered everything yet
+    horizon_field: str | None = None  # the details time of a break, compared with the horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """How far a source has delivered: `at` is its newest event (None: nothing yet). A stream
+    (`lags`) may still deliver a little older than that; a snapshot holds everything up to it,
+    as its pages are read in time order while the venue only moves on."""
+
+    at: datetime | None
+    lags: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """Up to when a rule compares: `until` None = everything; not `ready` = nothing yet (one of
+    its sources has delivered nothing), so the rule does not run."""
+
+    until: datetime | None = None
+    ready: bool = True
+
+
+def day_end(business_date: date) -> datetime:
+    return datetime.combine(business_date + timedelta(days=1), dtime(0), tzinfo=UTC)
+
+
+def comparison_horizon(
+    sources: tuple[str, ...],
+    watermarks: Mapping[str, Watermark],
+    *,
+    business_date: date,
+    now: datetime,
+    grace: timedelta,
+) -> Horizon:
+    """The horizon of a rule over `sources`: the oldest of their watermarks, a stream's less the
+    grace. No bound once the day is over (the wall clock, or the oldest bound, is past its end):
+    then everything is compared. A source with no watermark at all (never streamed here, or no
+    snapshot) does not bound it."""
+    end = day_end(business_date)
+    if now >= end + grace:
+        return Horizon()
+    bounds: list[datetime] = []
+    for source in sources:
+        mark = watermarks.get(source)
+        if mark is None:
+            continue
+        if mark.at is None:
+            return Horizon(ready=False)
+        bounds.append(mark.at - grace if mark.lags else mark.at)
+    until = min(bounds, default=None)
+    return Horizon(until if until is not None and until < end else None)
+
+
+# The newest event of each stream, over its shards (the slowest shard bounds it), and of the
+# date's Report API snapshot.
+WATERMARKS = """
+SELECT split_part(stream, '[', 1) AS source,
+       CASE WHEN bool_and(last_event_time IS NOT NULL) THEN min(last_event_time) END AS at,
+       true AS lags
+FROM stream_checkpoint GROUP BY 1
+UNION ALL
+SELECT source, at, false FROM (
+  SELECT 'report.executions' AS source,
+         (SELECT max(transact_time) FROM report_execution
+          WHERE business_date = :business_date) AS at
+  UNION ALL
+  SELECT 'report.trades',
+         (SELECT max(transact_time) FROM report_trade WHERE business_date = :business_date)
+  UNION ALL
+  SELECT 'report.positions',
+         (SELECT max(update_time) FROM report_position WHERE as_of = :report_as_of)
+) AS report WHERE :has_report
+"""
+
+
+def read_watermarks(conn: Connection, params: Mapping[str, Any]) -> dict[str, Watermark]:
+    rows = conn.execute(text(WATERMARKS), params).all()
+    return {row.source: Watermark(row.at, row.lags) for row in rows}
 
 
 def _in_gap(sources: str, at: str, until: str | None = None) -> str:
@@ -104,15 +213,19 @@ EXECUTIONS = Rule(
     ),
     needs_report=True,
     prepare=(BACKFILL_FROM_REPORT,),
-    query="""
+    horizon=(STREAM_EXECUTIONS, REPORT_EXECUTIONS),
+    horizon_field="transact_time",
+    query=f"""
 WITH s AS (
   SELECT id, last_shares, last_px, commission_notional_collected AS commission,
          account, symbol, order_id, trade_id, exec_type, transact_time
-  FROM execution WHERE business_date = :business_date
+  FROM execution
+  WHERE business_date = :business_date AND transact_time {WITHIN_HORIZON}
 ), r AS (
   SELECT id, last_shares, last_px, commission_notional_collected AS commission,
          account, symbol, order_id, trade_id, exec_type, transact_time
-  FROM report_execution WHERE business_date = :business_date
+  FROM report_execution
+  WHERE business_date = :business_date AND transact_time {WITHIN_HORIZON}
 ), differing AS MATERIALIZED (
   SELECT coalesce(s.id, r.id) AS id, s.id IS NULL AS stream_lacks, r.id IS NULL AS report_lacks,
          s.last_shares AS s_shares, r.last_shares AS r_shares,
@@ -154,15 +267,26 @@ TRADE_STATES = Rule(
     name="trade_states",
     kinds=(BreakKind.TRADE_STATE_MISMATCH,),
     needs_report=True,
-    query="""
-SELECT 'trade_state_mismatch' AS kind, t.id AS key,
-       jsonb_build_object('state', r.state) AS expected,
-       jsonb_build_object('state', t.state) AS actual,
-       jsonb_build_object('symbol', t.symbol, 'aggressor_execution_id', t.aggressor_execution_id,
-                          'passive_execution_id', t.passive_execution_id) AS details
-FROM trade_capture AS t
-JOIN report_trade AS r ON r.business_date = t.business_date AND r.id = t.id
-WHERE t.business_date = :business_date AND t.state <> r.state
+    horizon=(STREAM_TRADE_CAPTURES, REPORT_TRADES),
+    horizon_field="update_time",
+    query=f"""
+WITH compared AS (
+  SELECT t.id, t.symbol, t.aggressor_execution_id, t.passive_execution_id,
+         t.state AS t_state, r.state AS r_state,
+         coalesce(greatest(t.update_time, r.update_time), t.transact_time) AS update_time
+  FROM trade_capture AS t
+  JOIN report_trade AS r ON r.business_date = t.business_date AND r.id = t.id
+  WHERE t.business_date = :business_date AND t.state <> r.state
+)
+SELECT 'trade_state_mismatch' AS kind, c.id AS key,
+       jsonb_build_object('state', c.r_state) AS expected,
+       jsonb_build_object('state', c.t_state) AS actual,
+       jsonb_build_object('symbol', c.symbol, 'aggressor_execution_id', c.aggressor_execution_id,
+                          'passive_execution_id', c.passive_execution_id,
+                          'update_time', c.update_time) AS details
+FROM compared AS c
+-- A state either side reached after the horizon may not have reached the other side yet.
+WHERE c.update_time {WITHIN_HORIZON}
 """,
 )
 
@@ -190,27 +314,31 @@ WHERE t.business_date = :business_date AND t.busted
 TRADE_LEGS = Rule(
     name="trade_legs",
     kinds=(BreakKind.TRADE_LEG_MISSING,),
-    query="""
+    horizon=(STREAM_EXECUTIONS, STREAM_TRADE_CAPTURES, REPORT_EXECUTIONS, REPORT_TRADES),
+    horizon_field="transact_time",
+    query=f"""
 WITH legs AS (
-  SELECT id AS trade_id, symbol, 'aggressor' AS leg, aggressor_execution_id AS execution_id
+  SELECT id AS trade_id, symbol, 'aggressor' AS leg, aggressor_execution_id AS execution_id,
+         transact_time
   FROM trade_capture WHERE business_date = :business_date
   UNION
-  SELECT id, symbol, 'passive', passive_execution_id
+  SELECT id, symbol, 'passive', passive_execution_id, transact_time
   FROM trade_capture WHERE business_date = :business_date
   UNION
-  SELECT id, symbol, 'aggressor', aggressor_execution_id
+  SELECT id, symbol, 'aggressor', aggressor_execution_id, transact_time
   FROM report_trade WHERE business_date = :business_date
   UNION
-  SELECT id, symbol, 'passive', passive_execution_id
+  SELECT id, symbol, 'passive', passive_execution_id, transact_time
   FROM report_trade WHERE business_date = :business_date
 )
 SELECT DISTINCT ON (l.execution_id)
        'trade_leg_missing' AS kind, l.execution_id AS key,
        jsonb_build_object('trade_id', l.trade_id, 'leg', l.leg) AS expected,
        NULL::jsonb AS actual,
-       jsonb_build_object('trade_id', l.trade_id, 'leg', l.leg, 'symbol', l.symbol) AS details
+       jsonb_build_object('trade_id', l.trade_id, 'leg', l.leg, 'symbol', l.symbol,
+                          'transact_time', l.transact_time) AS details
 FROM legs AS l
-WHERE l.execution_id <> ''
+WHERE l.execution_id <> '' AND l.transact_time {WITHIN_HORIZON}
   AND NOT EXISTS (
     SELECT 1 FROM execution AS e
     WHERE e.business_date BETWEEN :business_date - 1 AND :business_date + 1
@@ -226,9 +354,12 @@ ORDER BY l.execution_id, l.trade_id, l.leg
 # Recomputed from the stream's fills (the venue's true fills), net of busted trades, on top of
 # the day's opening position; compared with the last position change of the day and with the
 # Report API's positions. A venue position updated after the date cannot speak for it.
+# Intraday every side is taken as of the horizon (a position is a running sum: nothing is
+# deferred), and a listed position changed after it cannot speak for it either.
 POSITIONS = Rule(
     name="positions",
     kinds=(BreakKind.POSITION_MISMATCH,),
+    horizon=(STREAM_EXECUTIONS, STREAM_TRADE_CAPTURES, STREAM_POSITION_CHANGES, REPORT_POSITIONS),
     query=f"""
 WITH fills AS (
   SELECT e.account, e.symbol,
@@ -237,17 +368,20 @@ WITH fills AS (
          sum(e.last_shares) FILTER (WHERE e.side <> 'SIDE_BUY') AS sold
   FROM execution AS e
   WHERE e.business_date = :business_date AND e.exec_type IN {FILL_TYPES}
-    AND NOT {BUSTED_TRADE}
+    AND e.transact_time {WITHIN_HORIZON} AND NOT {BUSTED_BY_HORIZON}
   GROUP BY e.account, e.symbol
 ), changed AS (
   SELECT DISTINCT ON (account, symbol) account, symbol, net_position, bod_position, change_time
-  FROM position_change WHERE business_date = :business_date
+  FROM position_change
+  WHERE business_date = :business_date AND change_time {WITHIN_HORIZON}
   ORDER BY account, symbol, change_time DESC
 ), reported AS (
   SELECT account, symbol, net_position, bod_position, update_time
   FROM report_position
   WHERE :has_report AND as_of = :report_as_of
-    AND (update_time IS NULL OR update_time < (:business_date + 1)::timestamp AT TIME ZONE 'UTC')
+    AND (update_time IS NULL
+         OR (update_time < (:business_date + 1)::timestamp AT TIME ZONE 'UTC'
+             AND update_time {WITHIN_HORIZON}))
 ), compared AS (
   SELECT coalesce(f.account, c.account, r.account) AS account,
          coalesce(f.symbol, c.symbol, r.symbol) AS symbol,
@@ -446,6 +580,8 @@ ORDER BY kind, l.order_hash, l.tx_hash
 FEED_PROVIDERS = Rule(
     name="feed_providers",
     kinds=(BreakKind.FEED_PROVIDER_MISSING, BreakKind.FEED_PROVIDER_MISMATCH),
+    horizon=(FEED_ORDERS, FEED_TRADES),
+    horizon_field="event_time",
     query=f"""
 WITH compared AS MATERIALIZED (
   SELECT o.tx_hash, o.order_hash, o.event_time, o.condition_id,
@@ -457,6 +593,7 @@ WITH compared AS MATERIALIZED (
     ON t.business_date = o.business_date AND t.tx_hash = o.tx_hash
    AND t.order_hash = o.order_hash
   WHERE o.business_date = :business_date AND o.role = 'maker'
+    AND o.event_time {WITHIN_HORIZON}
     AND (t.tx_hash IS NULL OR t.shares_normalized <> o.shares_normalized OR t.price <> o.price)
 )
 SELECT DISTINCT ON (c.tx_hash, c.order_hash)
@@ -495,8 +632,19 @@ CREATE TEMP TABLE recon_found (
   expected jsonb,
   actual jsonb,
   details jsonb NOT NULL DEFAULT '{}'::jsonb,
+  deferred boolean NOT NULL DEFAULT false,
   PRIMARY KEY (kind, key)
 ) ON COMMIT DROP
+"""
+
+# Stored breaks of a rule's kinds that lie beyond its horizon: this run cannot judge them.
+DEFERRED = """
+INSERT INTO recon_found (kind, key, business_date, severity, details, deferred)
+SELECT b.kind, b.key, b.business_date, b.severity, b.details, true
+FROM recon_break AS b
+WHERE b.business_date = :business_date AND b.kind = ANY(:kinds)
+  AND CAST(b.details ->> :horizon_field AS timestamptz) > :horizon
+ON CONFLICT (kind, key) DO NOTHING
 """
 
 
@@ -505,6 +653,8 @@ class RuleResult:
     name: str
     found: dict[str, int]
     seconds: float
+    horizon: datetime | None = None
+    deferred: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,12 +668,16 @@ class RulesOutcome:
 
 
 def run_rules(
-    conn: Connection, params: Mapping[str, Any], rules: tuple[Rule, ...] = RULES
+    conn: Connection,
+    params: Mapping[str, Any],
+    rules: tuple[Rule, ...] = RULES,
+    horizons: Mapping[str, Horizon] | None = None,
 ) -> RulesOutcome:
     """Stage every applicable rule's breaks into `recon_found` (created here, dropped at commit).
 
     Rules that need a Report API snapshot are skipped when `params["has_report"]` is false, and
-    their kinds are left out of `evaluated` so the lifecycle does not auto-resolve them.
+    rules whose horizon (by rule name; none = no bound) is not ready yet; their kinds are left
+    out of `evaluated` so the lifecycle does not auto-resolve them.
 
     Each rule runs as a plain SELECT and its (few) rows are staged from here: Postgres never
     plans an INSERT ... SELECT in parallel, and a day's scans need both cores. The JSON goes
@@ -534,18 +688,20 @@ def run_rules(
     results: list[RuleResult] = []
     evaluated: list[BreakKind] = []
     for rule in rules:
-        if rule.needs_report and not params["has_report"]:
+        horizon = (horizons or {}).get(rule.name, Horizon())
+        if (rule.needs_report and not params["has_report"]) or not horizon.ready:
             continue
         started = time.perf_counter()
+        bound = {**params, "horizon": horizon.until}
         for statement in rule.prepare:
-            conn.execute(text(statement), params)
+            conn.execute(text(statement), bound)
         rows = conn.execute(
             text(
                 "SELECT found.kind, found.key, CAST(found.expected AS text) AS expected,"
                 " CAST(found.actual AS text) AS actual, CAST(found.details AS text) AS details"
                 f" FROM ({rule.query}) AS found"
             ),
-            params,
+            bound,
         ).all()
         # A rule reports each (kind, key) once; rules never share a kind.
         unique = {(row.kind, row.key): row for row in reversed(rows)}
@@ -568,6 +724,18 @@ def run_rules(
                     for row in unique.values()
                 ],
             )
-        results.append(RuleResult(rule.name, found, time.perf_counter() - started))
+        deferred = 0
+        if horizon.until is not None and rule.horizon_field is not None:
+            deferred = conn.execute(
+                text(DEFERRED),
+                {
+                    **bound,
+                    "kinds": [str(kind) for kind in rule.kinds],
+                    "horizon_field": rule.horizon_field,
+                },
+            ).rowcount
+        results.append(
+            RuleResult(rule.name, found, time.perf_counter() - started, horizon.until, deferred)
+        )
         evaluated.extend(rule.kinds)
     return RulesOutcome(tuple(results), tuple(evaluated))

@@ -24,13 +24,35 @@ from app.domain.breaks import RuleConfig
 from app.recon.fees import store_net_fees
 from app.recon.lifecycle import DEFAULT_NOTIFIERS, merge
 from app.recon.report_client import ReportEndpoint, latest_snapshot, snapshot_from
-from app.recon.rules import GAP_EXECUTIONS, GAP_ORDERS_FEED, GAP_TRADES_FEED, RULES, run_rules
+from app.recon.rules import (
+    GAP_EXECUTIONS,
+    GAP_ORDERS_FEED,
+    GAP_TRADES_FEED,
+    RULES,
+    Horizon,
+    comparison_horizon,
+    read_watermarks,
+    run_rules,
+)
 
 log = logging.getLogger(__name__)
 
 JOB = "reconcile"
 # Sorts and hashes of a day's 5M chain rows stay in memory instead of spilling to disk.
 WORK_MEM = "256MB"
+# A day's partitions fill up while the day runs, and until something analyzes them (autovacuum
+# comes late to a busy partition, or is off) the planner takes a partition of 100k rows for a
+# few and joins it by nested loops: one intraday refunds rule took 80 s that way. So a run first
+# analyzes the date's partitions with this many rows changed since (and over a tenth of them).
+STALE_ROWS = 10_000
+STALE_PARTITIONS = r"""
+SELECT format('%I.%I', s.schemaname, s.relname)
+FROM pg_stat_user_tables AS s
+JOIN pg_class AS c ON c.oid = s.relid
+WHERE c.relispartition AND s.relname LIKE '%\_p' || to_char(CAST(:d AS date), 'YYYYMMDD')
+  AND s.n_mod_since_analyze >= :stale_rows AND s.n_mod_since_analyze > s.n_live_tup / 10
+ORDER BY 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,7 @@ def rule_config_from_settings() -> RuleConfig:
     return RuleConfig(
         pending_grace=timedelta(seconds=settings.recon_pending_grace_seconds),
         drift_tolerance=settings.recon_drift_tolerance,
+        stream_grace=timedelta(seconds=settings.recon_stream_grace_seconds),
     )
 
 
@@ -83,6 +106,43 @@ def _as_of(conn: Connection, business_date: date) -> datetime | None:
         {"d": business_date},
     ).scalar_one()
     return value
+
+
+def _analyze_changed_partitions(engine: Engine, business_date: date) -> None:
+    """ANALYZE (its own short transaction) the date's partitions that changed much; see
+    STALE_PARTITIONS."""
+    with engine.begin() as conn:
+        stale = conn.execute(
+            text(STALE_PARTITIONS), {"d": business_date, "stale_rows": STALE_ROWS}
+        ).scalars()
+        tables = ", ".join(stale)  # quoted by format('%I') from the catalog, not from input
+        if tables:
+            conn.execute(text(f"ANALYZE {tables}"))
+
+
+def _horizons(
+    conn: Connection, params: dict[str, Any], config: RuleConfig, now: datetime
+) -> dict[str, Horizon]:
+    """Each rule's horizon, from the watermarks of the sources it compares."""
+    watermarks = read_watermarks(conn, params)
+    return {
+        rule.name: comparison_horizon(
+            rule.horizon,
+            watermarks,
+            business_date=params["business_date"],
+            now=now,
+            grace=config.stream_grace,
+        )
+        for rule in RULES
+        if rule.horizon
+    }
+
+
+def _describe(horizon: Horizon) -> str | None:
+    """For the run's record: a time, "not_yet" (the rule waited), or None (no bound)."""
+    if not horizon.ready:
+        return "not_yet"
+    return None if horizon.until is None else horizon.until.isoformat()
 
 
 def _finish(
@@ -118,10 +178,13 @@ def reconcile(
     as_of: datetime | None = None,
     rules: RuleConfig | None = None,
     notifiers: tuple[str, ...] = DEFAULT_NOTIFIERS,
+    now: datetime | None = None,
 ) -> RunSummary:
     """Reconcile `business_date`; idempotent. `report="settings"` takes the Report API from the
     settings (none if no exchange credentials are configured); None skips the snapshot, and the
-    report rules then use the date's previous snapshot if there is one."""
+    report rules then use the date's previous snapshot if there is one. `now` (the wall clock)
+    tells whether the day may still be in progress, when sources are compared only up to their
+    horizons."""
     endpoint = ReportEndpoint.from_settings(get_settings()) if report == "settings" else report
     config = rules or rule_config_from_settings()
     with engine.begin() as conn:
@@ -131,6 +194,9 @@ def reconcile(
         ).scalar_one()
     timings: dict[str, float] = {}
     try:
+        step = time.perf_counter()
+        _analyze_changed_partitions(engine, business_date)
+        timings["analyze"] = round(time.perf_counter() - step, 3)
         snapshot = None
         if endpoint is not None:
             started = time.perf_counter()
@@ -144,6 +210,7 @@ def reconcile(
             config=config,
             notifiers=notifiers,
             timings=timings,
+            now=now or datetime.now(UTC),
         )
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -173,6 +240,7 @@ def _run(
     config: RuleConfig,
     notifiers: tuple[str, ...],
     timings: dict[str, float],
+    now: datetime,
 ) -> RunSummary:
     with engine.begin() as conn:
         conn.execute(
@@ -197,7 +265,8 @@ def _run(
             "gap_orders": GAP_ORDERS_FEED,
             "gap_trades": GAP_TRADES_FEED,
         }
-        outcome = run_rules(conn, params, RULES)
+        horizons = _horizons(conn, params, config, now)
+        outcome = run_rules(conn, params, RULES, horizons)
         for result in outcome.results:
             timings[f"rule.{result.name}"] = round(result.seconds, 3)
         if ref is not None:
@@ -231,6 +300,8 @@ def _run(
             "has_report": ref is not None,
             "report_snapshot_run": ref.run_id if ref else None,
             "as_of": run_as_of.isoformat(),
+            "horizons": {name: _describe(h) for name, h in horizons.items()},
+            "deferred": {r.name: r.deferred for r in outcome.results if r.deferred},
         }
         _finish(conn, run_id, status="succeeded", counts=counts, timings=timings, error=None)
     return RunSummary(

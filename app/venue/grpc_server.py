@@ -8,12 +8,17 @@ stalls the other streams or the websocket feeds sharing the loop.
 Responses are assembled as bytes: the store keeps every message serialized, and on the wire a
 repeated message field is just the concatenation of its length-prefixed elements, so the hot path
 neither parses nor re-encodes (handlers are registered with no response serializer).
+
+Paced, the venue plays the day live, and its Report API knows only what has happened: what the
+DropCopy stream of the same events has played so far (the newest event time any connection of
+that stream was sent). Unpaced, the stored day is history and the Report API serves all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -35,7 +40,7 @@ from app.venue.tokens import (
     filters_digest,
     stream_filters_digest,
 )
-from polymarket.v1 import dropcopy_pb2, report_pb2
+from polymarket.v1 import dropcopy_pb2, report_pb2, trading_pb2
 
 if TYPE_CHECKING:
     from app.venue.store import VenueStore
@@ -113,6 +118,38 @@ def _window(request: _HasTimeWindow) -> tuple[int | None, int | None]:
     start = _micros(request.start_time) if request.HasField("start_time") else None
     end = _micros(request.end_time) if request.HasField("end_time") else None
     return start, end
+
+
+class _PlayedPositions:
+    """Positions as the venue held them at a play position: the latest change of each account
+    and symbol at or before it. Read incrementally, as the play position only moves on."""
+
+    CHUNK = 5_000
+
+    def __init__(self, store: VenueStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()  # ListPositions calls run in worker threads
+        self._after = 0  # the last position_changes seq applied
+        self._latest: dict[tuple[str, str], bytes] = {}
+
+    def at(self, until_us: int, accounts: Sequence[str], symbols: Sequence[str]) -> list[bytes]:
+        with self._lock:
+            while True:
+                rows = self._store.stream("position_changes", self._after, (), (), self.CHUNK)
+                played = [row for row in rows if row.event_time_us <= until_us]
+                for row in played:
+                    position = trading_pb2.PositionChange.FromString(row.payload).position
+                    self._latest[(position.account, position.symbol)] = position.SerializeToString()
+                if played:
+                    self._after = played[-1].seq
+                if len(played) < self.CHUNK:
+                    break
+            latest = sorted(self._latest.items())
+        return [
+            payload
+            for (account, symbol), payload in latest
+            if (not accounts or account in accounts) and (not symbols or symbol in symbols)
+        ]
 
 
 class _RateLimiter:
@@ -245,6 +282,9 @@ class VenueGrpc:
         self._limiter = _RateLimiter(options.report_requests_per_min)
         ttl_s = faults.spec.token_ttl_s
         self._ttl_ms = None if ttl_s is None else int(ttl_s * 1000)
+        # Paced: the newest event time each stream has sent on any connection (its play position).
+        self._played: dict[StreamName, int] = {}
+        self._positions = _PlayedPositions(store)
 
     # -- auth ---------------------------------------------------------------------------------
 
@@ -369,6 +409,10 @@ class VenueGrpc:
             if plan.latency_s:
                 await asyncio.sleep(plan.latency_s)
             yield response
+            if pace:
+                # Stream rows come in time order; the first connection to send an event plays it.
+                newest = rows[-1].event_time_us
+                self._played[spec.name] = max(self._played.get(spec.name, newest), newest)
             if plan.duplicate():
                 plan.log.record(plan.channel, "duplicate", connection=plan.ordinal, after=after)
                 yield response
@@ -398,6 +442,14 @@ class VenueGrpc:
         return out
 
     # -- ReportAPI ----------------------------------------------------------------------------
+
+    def _known_end(self, stream: StreamName, end_us: int | None) -> int | None:
+        """The exclusive end of a search window: paced, no later than just after the stream's
+        play position (nothing at all before it has played)."""
+        if not self.options.pace_events_per_s:
+            return end_us
+        known = self._played.get(stream, -1) + 1
+        return known if end_us is None else min(end_us, known)
 
     async def _page(
         self,
@@ -445,6 +497,7 @@ class VenueGrpc:
         self, request: report_pb2.SearchExecutionsRequest, context: Context
     ) -> bytes:
         start, end = _window(request)
+        end = self._known_end("executions", end)
         return await self._page(
             "executions",
             request,
@@ -467,6 +520,7 @@ class VenueGrpc:
         self, request: report_pb2.SearchTradesRequest, context: Context
     ) -> bytes:
         start, end = _window(request)
+        end = self._known_end("trade_captures", end)
         return await self._page(
             "trades",
             request,
@@ -488,6 +542,8 @@ class VenueGrpc:
         self, request: report_pb2.SearchOrdersRequest, context: Context
     ) -> bytes:
         start, end = _window(request)
+        # An order is created by the execution that acknowledges it.
+        end = self._known_end("executions", end)
         return await self._page(
             "orders",
             request,
@@ -509,9 +565,12 @@ class VenueGrpc:
     ) -> bytes:
         # Not a search: the documented pacing limit covers search calls only.
         await self._authorize(context, account_scoped=True)
-        payloads = await asyncio.to_thread(
-            self.store.list_positions, list(request.accounts), list(request.symbols)
-        )
+        accounts, symbols = list(request.accounts), list(request.symbols)
+        if self.options.pace_events_per_s:
+            played = self._played.get("position_changes", -1)
+            payloads = await asyncio.to_thread(self._positions.at, played, accounts, symbols)
+        else:
+            payloads = await asyncio.to_thread(self.store.list_positions, accounts, symbols)
         return _repeated(1, payloads)
 
     # -- wiring -------------------------------------------------------------------------------

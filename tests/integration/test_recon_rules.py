@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, insert, make_url, text
 
+from app.db import models
 from app.db.session import make_engine
 from app.domain.breaks import BreakKind, RuleConfig, exceeds_tolerance
 from app.recon.service import reconcile
@@ -30,6 +31,7 @@ from ._recon_day import (
     refund,
     rehashed,
     shifted,
+    trade,
 )
 
 AS_OF = NOON + timedelta(hours=1)
@@ -471,3 +473,138 @@ def test_without_a_report_snapshot_the_report_rules_do_not_run(engine: Engine) -
     rows["report_position"] = []
     # The stream alone says T2 is busted; nothing can be missing from a report never taken.
     assert run(engine, rows, report=False) == {(str(BreakKind.TRADE_BUSTED), "T2")}
+
+
+# --- intraday: sources are compared only up to their horizon ---------------------------------
+
+DURING_THE_DAY = NOON + timedelta(hours=6)  # the wall clock of an intraday run
+
+
+def _checkpoints(engine: Engine, marks: dict[str, datetime]) -> None:
+    """Where each stream (and shard) of the ingest workers has got to."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO stream_checkpoint (stream, last_event_time) VALUES (:s, :t)"
+                " ON CONFLICT (stream) DO UPDATE SET last_event_time = EXCLUDED.last_event_time"
+            ),
+            [{"s": stream, "t": at} for stream, at in marks.items()],
+        )
+
+
+def _intraday(engine: Engine, now: datetime = DURING_THE_DAY) -> set[tuple[str, str]]:
+    reconcile(engine, D, report=None, as_of=AS_OF, rules=RuleConfig(), now=now)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT kind, key FROM recon_break WHERE status = 'open'"))
+        return {(row.kind, row.key) for row in found}
+
+
+def _day_with_later_report_executions() -> Rows:
+    """E5 truly missing from the stream; E6 and E7, later in the day, in the Report API only."""
+    rows = clean_day()
+    _missing_from_stream(rows)
+    for exec_id, minutes in (("E6", 30), ("E7", 40)):
+        rows["report_execution"].append(
+            execution(
+                exec_id,
+                account="ACC1",
+                side="SIDE_BUY",
+                exec_type="EXECUTION_TYPE_NEW",
+                at=NOON + timedelta(minutes=minutes),
+            )
+        )
+    return rows
+
+
+MISSING = str(BreakKind.EXECUTION_MISSING_FROM_STREAM)
+
+
+def test_intraday_what_the_stream_has_not_delivered_yet_is_not_missing(engine: Engine) -> None:
+    with engine.begin() as conn:
+        load(conn, _day_with_later_report_executions())
+    # The slowest shard bounds the stream: it has delivered up to NOON + 10 min.
+    streamed = NOON + timedelta(minutes=50)
+    _checkpoints(
+        engine,
+        {
+            "dropcopy.executions[symbols=A]": streamed,
+            "dropcopy.executions[symbols=B]": NOON + timedelta(minutes=10),
+            "dropcopy.trade_captures[all]": streamed,
+            "dropcopy.position_changes[all]": streamed,
+        },
+    )
+    assert _intraday(engine) == {(MISSING, "E5")}
+    with engine.connect() as conn:
+        counts = conn.execute(
+            text("SELECT counts FROM recon_run WHERE job = 'reconcile' ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+    assert counts["horizons"]["executions"] == (NOON + timedelta(minutes=9)).isoformat()
+
+    # E7 arrives; then every stream is past the day's end (the nightly run, whatever the clock).
+    e7 = only(_day_with_later_report_executions(), "report_execution", "id", "E7")
+    with engine.begin() as conn:
+        conn.execute(insert(models.Execution), [{**e7, "source": "dropcopy"}])
+    past = datetime(2026, 5, 5, 0, 5, tzinfo=UTC)
+    _checkpoints(
+        engine,
+        {
+            "dropcopy.executions[symbols=A]": past,
+            "dropcopy.executions[symbols=B]": past,
+            "dropcopy.trade_captures[all]": past,
+            "dropcopy.position_changes[all]": past,
+        },
+    )
+    assert _intraday(engine, now=datetime(2026, 5, 4, 23, 59, tzinfo=UTC)) == {
+        (MISSING, "E5"),
+        (MISSING, "E6"),
+    }
+
+
+def test_intraday_breaks_beyond_a_falling_horizon_are_left_as_they_are(engine: Engine) -> None:
+    with engine.begin() as conn:
+        load(conn, _day_with_later_report_executions())
+    streamed = {
+        "dropcopy.executions[all]": NOON + timedelta(minutes=50),
+        "dropcopy.trade_captures[all]": NOON + timedelta(minutes=50),
+        "dropcopy.position_changes[all]": NOON + timedelta(minutes=50),
+    }
+    _checkpoints(engine, streamed)
+    everything = {(MISSING, "E5"), (MISSING, "E6"), (MISSING, "E7")}
+    assert _intraday(engine) == everything
+    # A new shard starts from the beginning of the day: the horizon falls to NOON + 9 min, and
+    # what lies beyond it can be neither confirmed nor cleared.
+    _checkpoints(engine, {"dropcopy.executions[symbols=C]": NOON + timedelta(minutes=10)})
+    assert _intraday(engine) == everything
+    with engine.connect() as conn:
+        actions = conn.execute(text("SELECT action FROM break_audit")).scalars().all()
+        counts = conn.execute(
+            text("SELECT counts FROM recon_run WHERE job = 'reconcile' ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+    assert actions == ["opened"] * 3
+    assert counts["deferred"] == {"executions": 2}
+
+
+def test_intraday_a_trade_captured_before_its_executions_arrive_misses_no_leg(
+    engine: Engine,
+) -> None:
+    rows = clean_day()
+    later = NOON + timedelta(minutes=30)
+    e8 = execution("E8", account="ACC1", side="SIDE_BUY", trade_id="T3", aggressor=True, at=later)
+    e9 = execution("E9", account="ACC2", side="SIDE_SELL", trade_id="T3", at=later)
+    rows["trade_capture"].append(trade("T3", e8, e9))
+    with engine.begin() as conn:
+        load(conn, rows)
+    # The trade capture stream is ahead of the executions stream, as separate streams may be.
+    _checkpoints(
+        engine,
+        {
+            "dropcopy.executions[all]": NOON + timedelta(minutes=10),
+            "dropcopy.trade_captures[all]": NOON + timedelta(minutes=50),
+            "dropcopy.position_changes[all]": NOON + timedelta(minutes=50),
+        },
+    )
+    assert _intraday(engine) == set()
+    # Once the day is over, legs that never came are missing.
+    day_over = datetime(2026, 5, 5, 0, 2, tzinfo=UTC)
+    legs = str(BreakKind.TRADE_LEG_MISSING)
+    assert _intraday(engine, now=day_over) == {(legs, "E8"), (legs, "E9")}

@@ -614,3 +614,64 @@ def test_recon_venue_command_serves_until_sigterm(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _us(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
+
+
+def test_a_paced_report_api_knows_only_what_its_streams_have_played(store: VenueStore) -> None:
+    """Paced, the venue plays the day live: its Report API serves what the DropCopy stream of
+    the same events has sent so far, never the rest of the day (unpaced it serves all of it,
+    as the tests above show)."""
+    # 100 events/s: the ~1,000 executions of the day take ten seconds to play, far longer than
+    # this test looks at them.
+    grpc_options = GrpcOptions(pace_events_per_s=100, report_requests_per_min=100_000)
+    everything = {"start_us": None, "end_us": None, "symbol": None, "accounts": []}
+    whole_day, _ = store.search_executions(
+        **everything, exec_ids=[], order_id=None, types=[], after_key=None, limit=10**7
+    )
+    with (
+        serve_store(store, VenueOptions(grpc=grpc_options)) as venue,
+        grpc.insecure_channel(venue.grpc_target) as ch,
+    ):
+        report = report_pb2_grpc.ReportAPIStub(ch)
+
+        def executions() -> list[Any]:
+            request = report_pb2.SearchExecutionsRequest(page_size=40)
+            return page_through(report.SearchExecutions, request, "executions")
+
+        def positions() -> list[Any]:
+            request = report_pb2.ListPositionsRequest()
+            return list(report.ListPositions(request, metadata=MD, timeout=5).positions)
+
+        # Nothing has played yet, so nothing has happened.
+        assert executions() == []
+        assert positions() == []
+
+        played = read(open_stream(ch, CASES["executions"]), CASES["executions"], 100)
+        known = executions()
+        assert len(known) < len(whole_day) / 2  # not the future
+        newest = max(_us(e.transact_time) for e in known)
+        assert newest >= max(_us(e.transact_time) for e in played.items)  # all it has sent
+        # Up to its play position, everything: the whole day's first rows, in order.
+        assert [e.SerializeToString() for e in known] == whole_day[: len(known)]
+        # Each search follows its own stream: no trade capture has been played.
+        trades = report.SearchTrades(report_pb2.SearchTradesRequest(), metadata=MD, timeout=5)
+        assert list(trades.trades) == []
+
+        changes = read(open_stream(ch, CASES["position_changes"]), CASES["position_changes"], 50)
+        listed = positions()
+        final = store.list_positions([], [])
+        assert listed
+        assert len(listed) <= len(final)
+        assert {p.SerializeToString() for p in listed} != set(final)
+        as_of = max(_us(p.update_time) for p in listed)
+        assert as_of >= max(_us(c.change_time) for c in changes.items)
+        # Each position is its latest change at that time.
+        latest: dict[tuple[str, str], Any] = {}
+        for row in store.stream("position_changes", 0, (), (), 10**7):
+            if row.event_time_us <= as_of:
+                change = trading_pb2.PositionChange.FromString(row.payload)
+                latest[(change.position.account, change.position.symbol)] = change.position
+        assert listed == [latest[key] for key in sorted(latest)]
