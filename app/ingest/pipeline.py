@@ -3,9 +3,16 @@
 Each source (a DropCopy stream or a websocket feed) owns one `SourceSink`: the consumer `put`s
 the events, dead letters and checkpoint of what it just read, and the sink's flusher combines
 puts that arrive close together into one `BatchWriter.write` (bounded by rows and by delay) on
-a thread of the source's own, so a slow source never blocks another and each stays ordered.
+threads of the source's own, so a slow source never blocks another and each stays ordered.
 The checkpoint that goes with a batch is the last one put before it was cut, so a resume token
 is never stored before the rows it covers, and always in the same transaction.
+
+Two batches of a source are written at once, on two connections: the next one is COPYed into
+staging while the previous one merges and waits for its commit to reach disk, then waits its
+turn (`before_merge`) to merge and commit. Commits, and so checkpoints, stay in batch order; a
+batch whose predecessor failed is rolled back, never committed past it. With one connection
+the database sat idle while each commit was flushed, and the source's rate was capped by one
+backend's staging + merge + flush in series.
 
 The database may go away (restart, failover): writes are retried with backoff until they
 commit; nothing is dropped and the consumer is throttled meanwhile. A batch the database
@@ -19,6 +26,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,8 +45,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Batches of one source written at once (each on its own thread and connection).
+IN_FLIGHT = 2
+
+
 class WriteAbandoned(RuntimeError):
     """The database stayed unreachable past the shutdown deadline; pending rows were not written."""
+
+
+class _Turn:
+    """When a batch has finished (committed, or failed): the next one merges only after it."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self._done.set()
+
+    def wait(self) -> None:
+        """Block until the batch has finished; raise if it did not commit."""
+        self._done.wait()
+        if not self.ok:
+            raise WriteAbandoned("the batch before this one was not written; not committed past it")
 
 
 @dataclass(slots=True)
@@ -112,6 +142,11 @@ class _Pending:
         return self.rows == 0 and self.checkpoint is None
 
 
+def _consume_outcome(write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()
+
+
 class SourceSink:
     """Batches one source's puts and writes them, in order, on the source's own thread."""
 
@@ -131,7 +166,7 @@ class SourceSink:
         self._max_rows = max_rows
         self._max_delay = max_delay
         self._retry_cap = retry_cap
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=status.name)
+        self._executor = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix=status.name)
         self._pending = _Pending()
         self._changed = asyncio.Event()  # a put or a flush request arrived
         self._room = asyncio.Event()  # the pending batch has room again
@@ -216,21 +251,32 @@ class SourceSink:
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
+        in_flight: deque[asyncio.Future[None]] = deque()
+        previous = _Turn()
+        previous.finish(ok=True)
         try:
             while True:
                 await self._changed.wait()
                 self._changed.clear()
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft().result()  # a failed write stops the source here
                 if self._pending.empty:
-                    self._idle.set()
+                    if not in_flight:
+                        self._idle.set()
                     continue
+                if len(in_flight) >= IN_FLIGHT:
+                    continue  # a finishing write wakes this loop
                 await self._fill()
                 batch, self._pending = self._pending, _Pending()
                 self._room.set()
-                await loop.run_in_executor(self._executor, self._write_batch, batch)
-                if self._pending.empty:
-                    self._idle.set()
-                else:
-                    self._changed.set()
+                turn = _Turn()
+                write = loop.run_in_executor(
+                    self._executor, self._write_batch, batch, previous, turn
+                )
+                write.add_done_callback(lambda _: self._changed.set())
+                in_flight.append(write)
+                previous = turn
+                self._changed.set()
         except asyncio.CancelledError:
             self._idle.set()
             self._room.set()
@@ -242,6 +288,11 @@ class SourceSink:
             self.status.failure = f"writer failed: {exc}"
             self._idle.set()
             self._room.set()
+        finally:
+            # A batch still in flight ends by itself (one after a failure rolls back); its
+            # outcome is the failure already kept, not another error to report.
+            for write in in_flight:
+                write.add_done_callback(_consume_outcome)
 
     async def _fill(self) -> None:
         """Let more puts join the batch until it is full, old enough, or a flush is asked."""
@@ -258,9 +309,17 @@ class SourceSink:
 
     # -- on the source's thread ---------------------------------------------------------------
 
-    def _write_batch(self, batch: _Pending) -> None:
+    def _write_batch(self, batch: _Pending, previous: _Turn, turn: _Turn) -> None:
+        ok = False
+        try:
+            self._write_in_turn(batch, previous)
+            ok = True
+        finally:
+            turn.finish(ok)
+
+    def _write_in_turn(self, batch: _Pending, previous: _Turn) -> None:
         started = time.perf_counter()
-        self._write_isolating(batch.events, batch.dead, batch.checkpoint)
+        self._write_isolating(batch.events, batch.dead, batch.checkpoint, previous.wait)
         source = self.status.name
         self._metrics.batch_seconds.labels(source).observe(time.perf_counter() - started)
         self._metrics.events.labels(source).inc(len(batch.events))
@@ -274,23 +333,29 @@ class SourceSink:
             )
 
     def _write_isolating(
-        self, events: list[Event], dead: list[DeadLetter], checkpoint: Checkpoint | None
+        self,
+        events: list[Event],
+        dead: list[DeadLetter],
+        checkpoint: Checkpoint | None,
+        wait_turn: Callable[[], None],
     ) -> None:
         try:
-            self._retrying(lambda: self._writer.write(events, dead, checkpoint))
+            self._retrying(
+                lambda: self._writer.write(events, dead, checkpoint, before_merge=wait_turn)
+            )
         except Exception as exc:
             if not _is_content_error(exc):
                 raise
             if len(events) <= 1:
-                self._refused(events, dead, checkpoint, exc)
+                self._refused(events, dead, checkpoint, exc, wait_turn)
                 return
             log.warning(
                 "database refused a batch of %s for its content; isolating the bad rows",
                 self.status.name,
             )
             half = len(events) // 2
-            self._write_isolating(events[:half], dead, None)
-            self._write_isolating(events[half:], [], checkpoint)
+            self._write_isolating(events[:half], dead, None, wait_turn)
+            self._write_isolating(events[half:], [], checkpoint, wait_turn)
             return
         self._count_dead(len(dead))
 
@@ -300,10 +365,11 @@ class SourceSink:
         dead: list[DeadLetter],
         checkpoint: Checkpoint | None,
         exc: BaseException,
+        wait_turn: Callable[[], None],
     ) -> None:
         reason = f"database refused the row: {str(exc).splitlines()[0]}"
         letters = [*dead, *(DeadLetter(self.status.name, reason, e.raw) for e in events)]
-        self._retrying(lambda: self._writer.write([], letters, checkpoint))
+        self._retrying(lambda: self._writer.write([], letters, checkpoint, before_merge=wait_turn))
         self._count_dead(len(letters))
 
     def _count_dead(self, n: int) -> None:

@@ -473,9 +473,19 @@ class BatchWriter:
         self._types: dict[str, list[int]] = {}  # staging table -> column type OIDs, for COPY
 
     def write(
-        self, events: Sequence[Event], dead: Sequence[DeadLetter], checkpoint: Checkpoint | None
+        self,
+        events: Sequence[Event],
+        dead: Sequence[DeadLetter],
+        checkpoint: Checkpoint | None,
+        *,
+        before_merge: Callable[[], None] | None = None,
     ) -> WriteResult:
-        """Store the batch, its dead letters and its checkpoint in one transaction."""
+        """Store the batch, its dead letters and its checkpoint in one transaction.
+
+        `before_merge` is called once the batch is staged, before it is merged and committed:
+        a caller writing several batches of one stream at once waits there for the previous
+        one to commit, so their COPYs overlap while their merges and checkpoints stay in order.
+        If it raises, the transaction is rolled back."""
         batches: dict[Kind, list[Event]] = {}
         for event in events:
             batches.setdefault(KINDS[type(event)], []).append(event)
@@ -484,7 +494,7 @@ class BatchWriter:
         for _ in range(ATTEMPTS - 1):
             self._ensure_partitions(days)
             try:
-                rows = self._transaction(ordered, dead, checkpoint, len(events))
+                rows = self._transaction(ordered, dead, checkpoint, len(events), before_merge)
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                 log.warning("batch write conflicted (%s); retrying", type(exc).__name__)
             except errors.CheckViolation as exc:
@@ -495,7 +505,7 @@ class BatchWriter:
             else:
                 return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
         self._ensure_partitions(days)
-        rows = self._transaction(ordered, dead, checkpoint, len(events))
+        rows = self._transaction(ordered, dead, checkpoint, len(events), before_merge)
         return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
 
     def record_gap(self, source: str, start: datetime, end: datetime, reason: str) -> None:
@@ -536,6 +546,7 @@ class BatchWriter:
         dead: Sequence[DeadLetter],
         checkpoint: Checkpoint | None,
         total: int,
+        before_merge: Callable[[], None] | None,
     ) -> dict[str, int]:
         rows: dict[str, int] = {}
         with self._connection() as (pooled, pg):
@@ -555,6 +566,8 @@ class BatchWriter:
                                 (_printable(letter.source), _printable(letter.reason), letter.raw)
                             )
                     rows["dead_letter"] = len(dead)
+            if before_merge is not None:
+                before_merge()
             # The merges go in one round trip (COPY can't be pipelined); the server still runs
             # them in order, so a refund sees the fills merged just before it.
             merged: list[tuple[str, psycopg.Cursor[Any]]] = []

@@ -4,6 +4,10 @@ rows the database refuses isolated into dead letters. The writer is a fake (no d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +35,26 @@ class FakeWriter:
         default_factory=list
     )
 
-    def write(self, events: Any, dead: Any, checkpoint: Checkpoint | None) -> None:
+    def write(
+        self,
+        events: Any,
+        dead: Any,
+        checkpoint: Checkpoint | None,
+        *,
+        before_merge: Callable[[], None] | None = None,
+    ) -> None:
         if self.down:
             self.down -= 1
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         if any(e.raw.startswith(b"bad") for e in events):
             raise psycopg.errors.CheckViolation('new row violates check constraint "ck_x"')
+        self.stage(events)
+        if before_merge is not None:
+            before_merge()
         self.batches.append((list(events), list(dead), checkpoint))
+
+    def stage(self, events: Any) -> None:
+        """Staging, before the batch waits its turn to merge."""
 
     @property
     def committed(self) -> list[bytes]:
@@ -137,7 +154,7 @@ def test_refused_rows_are_isolated_into_dead_letters() -> None:
 
 def test_a_writer_bug_stops_the_source_loudly() -> None:
     class Broken(FakeWriter):
-        def write(self, events: Any, dead: Any, checkpoint: Checkpoint | None) -> None:
+        def write(self, events: Any, dead: Any, checkpoint: Checkpoint | None, **_: Any) -> None:
             raise psycopg.errors.UndefinedTable('relation "execution" does not exist')
 
     async def scenario() -> None:
@@ -150,3 +167,63 @@ def test_a_writer_bug_stops_the_source_loudly() -> None:
             await sink.put([FakeEvent(b"e1")], [], _checkpoint(1))
 
     asyncio.run(scenario())
+
+
+class SlowStaging(FakeWriter):
+    """Staging takes `seconds[first raw]` (default 0); records how many batches stage at once."""
+
+    def __init__(self, seconds: dict[bytes, float], fail: bytes | None = None) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.fail = fail
+        self.staging = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def stage(self, events: Any) -> None:
+        first = events[0].raw if events else b""
+        with self._lock:
+            self.staging += 1
+            self.most_at_once = max(self.most_at_once, self.staging)
+        try:
+            time.sleep(self.seconds.get(first, 0.0))
+            if first == self.fail:
+                raise psycopg.errors.UndefinedTable('relation "execution" does not exist')
+        finally:
+            with self._lock:
+                self.staging -= 1
+
+
+def _three_batches(writer: FakeWriter) -> SourceStatus:
+    async def scenario() -> SourceStatus:
+        sink = _sink(writer, max_rows=2, max_delay=10.0)
+        sink.start()
+        for n in range(6):
+            await sink.put([FakeEvent(f"e{n}".encode())], [], _checkpoint(n))
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            await asyncio.wait_for(sink.flush(), timeout=10)
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            await sink.close(5)
+        return sink.status
+
+    return asyncio.run(scenario())
+
+
+def test_the_next_batch_stages_while_one_commits_and_commits_after_it() -> None:
+    # The first batch stages slowly: the second is staged meanwhile, yet commits after it.
+    writer = SlowStaging({b"e0": 0.3})
+    _three_batches(writer)
+    assert writer.most_at_once == 2
+    assert writer.committed == [f"e{n}".encode() for n in range(6)]
+    assert len(writer.batches) >= 2
+    seen = 0
+    for events, _, checkpoint in writer.batches:
+        seen += len(events)
+        assert checkpoint == _checkpoint(seen - 1)
+
+
+def test_no_batch_commits_past_one_that_failed() -> None:
+    writer = SlowStaging({b"e0": 0.3}, fail=b"e0")
+    status = _three_batches(writer)
+    assert writer.committed == []
+    assert status.failure is not None
