@@ -12,6 +12,12 @@ tests that need each subscriber to see the whole day.
 
 Frames are built by byte concatenation around the store's `data` bytes, so a consumer receives
 exactly the JSON the ground truth was computed from.
+
+Cost. On a small host the venue shares its cores with the consumer under test, so serving is
+batched end to end: the timeline reads rows as plain tuples and builds the wire bytes (websocket
+headers included) of a whole slice of rows per subscription in one join, queued as one item; the
+connection's writer sends everything queued in one socket write. On a connection whose faults act
+per event (duplicates, reordering, malformed frames, latency, cuts) the frames stay apart.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -31,11 +38,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from app.venue.faults import FaultInjector, FaultPlan
-from app.venue.model import FeedName, FeedRow
+from app.venue.faults import FaultInjector, FaultPlan, FaultSpec
+from app.venue.model import FeedName
 
 if TYPE_CHECKING:
-    from app.venue.store import VenueStore
+    from app.venue.store import FeedTuple, VenueStore
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +71,11 @@ class FeedSpec:
     name: FeedName
     message_type: str  # the `type` of an event message: "event" or "trade"
     subscribe_types: frozenset[str]  # accepted `type` values of a subscribe/update request
-    read: Callable[[VenueStore, int, int], list[FeedRow]]
 
 
-ORDERS_FEED = FeedSpec(
-    "orders", "event", frozenset({"orders"}), lambda s, after, n: s.orders_feed(after, n)
-)
+ORDERS_FEED = FeedSpec("orders", "event", frozenset({"orders"}))
 # The legacy provider shares the handshake; clients of it name the type in various ways.
-TRADES_FEED = FeedSpec(
-    "trades",
-    "trade",
-    frozenset({"trades", "trade", "orders"}),
-    lambda s, after, n: s.trades_feed(after, n),
-)
+TRADES_FEED = FeedSpec("trades", "trade", frozenset({"trades", "trade", "orders"}))
 
 
 class RequestError(ValueError):
@@ -90,13 +89,21 @@ class SubscriptionFilter:
     market_slugs: frozenset[str] | None  # None = any
     statuses: frozenset[str]
 
-    def matches(self, row: FeedRow) -> bool:
+    def matches(self, row: FeedTuple) -> bool:
+        _, status, condition_id, market_slug, users, _ = row
         return (
-            row.status in self.statuses
-            and (self.condition_ids is None or row.condition_id.lower() in self.condition_ids)
-            and (self.market_slugs is None or row.market_slug in self.market_slugs)
-            and (self.users is None or any(u.lower() in self.users for u in row.users))
+            status in self.statuses
+            and (self.condition_ids is None or condition_id.lower() in self.condition_ids)
+            and (self.market_slugs is None or market_slug in self.market_slugs)
+            and (self.users is None or any(u.lower() in self.users for u in users.split()))
         )
+
+    def matching(self, rows: Sequence[FeedTuple]) -> Iterator[bytes]:
+        """The `data` of the rows this filter takes, in order."""
+        if self.users is None and self.condition_ids is None and self.market_slugs is None:
+            statuses = self.statuses  # "users": ["*"], the common subscription: status only
+            return (row[5] for row in rows if row[1] in statuses)
+        return (row[5] for row in rows if self.matches(row))
 
 
 def _strings(value: object, key: str) -> list[str]:
@@ -180,16 +187,39 @@ def _subscription_id(msg: dict[str, object]) -> str:
     return sid
 
 
-def _control(obj: dict[str, str]) -> bytes:
-    return orjson.dumps(obj)
+def frame_header(size: int) -> bytes:
+    """The header of a websocket text frame from a server with a `size`-byte payload: final,
+    unmasked, no extension bits (the feed serves without compression), the length in its
+    shortest form — what websockets' own `Frame.serialize` writes, without its cost per frame."""
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 1 << 16:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
+
+
+def text_frame(payload: bytes) -> bytes:
+    return frame_header(len(payload)) + payload
+
+
+def _control(obj: dict[str, str]) -> _Outgoing:
+    return _Outgoing([text_frame(orjson.dumps(obj))], 1)
 
 
 @dataclass(slots=True)
 class _Outgoing:
-    frame: bytes
-    # Event frames: the subscription and the filters the event matched; None for control frames.
+    # The item's frames on the wire, in order: one bytes per frame, or all of them in one where
+    # no fault acts per frame (see `_Subscription.wire`).
+    wire: list[bytes]
+    count: int  # frames (messages) in `wire`
+    # Event frames: the subscription and the filters the events matched; None for a control
+    # frame (an item holds one control frame, or event frames of one subscription).
     subscription: _Subscription | None = None
     filters: SubscriptionFilter | None = None
+
+    def split(self) -> Iterator[_Outgoing]:
+        """One item per frame, for faults that act on events one by one."""
+        return (_Outgoing([frame], 1, self.subscription, self.filters) for frame in self.wire)
 
 
 class _Subscription:
@@ -207,24 +237,94 @@ class _Subscription:
         )
         self.timeline: _Timeline | None = None
 
+    def wire(
+        self, filters: SubscriptionFilter, rows: Sequence[FeedTuple]
+    ) -> tuple[list[bytes], int]:
+        """The wire bytes of the frames of the rows `filters` takes, and how many frames: one
+        join of headers, prefixes and data (no bytes object per frame, each `data` copied once)
+        unless the connection's faults need the frames apart."""
+        prefix = self.prefix
+        if self.connection.per_event:
+            frames = [text_frame(prefix + data + b"}") for data in filters.matching(rows)]
+            return frames, len(frames)
+        extra = len(prefix) + 1
+        pieces = [
+            piece
+            for data in filters.matching(rows)
+            for piece in (frame_header(extra + len(data)), prefix, data, b"}")
+        ]
+        return [b"".join(pieces)], len(pieces) // 4
+
+    def current(self, item: _Outgoing) -> bool:
+        """Whether event frames queued for this subscription are still to be sent: not if it
+        was unsubscribed or updated since (the ack already told the client it is over)."""
+        return self.connection.subscriptions.get(self.sid) is self and self.filters is item.filters
+
+
+class _Outbox:
+    """The items queued to one connection, bounded by the frames they hold: an item waits
+    while it would take the outbox past `limit` frames (an empty outbox takes any item), so a
+    slow reader holds its feed back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[_Outgoing] = deque()
+        self.frames = 0
+        self.closed = False
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+
+    def full(self) -> bool:
+        return self.frames >= self.limit
+
+    def room(self) -> int:
+        """Frames it takes without waiting (a closed outbox takes and drops anything)."""
+        return self.limit if self.closed else self.limit - self.frames
+
+    def empty(self) -> bool:
+        return not self.items
+
+    async def put(self, item: _Outgoing) -> None:
+        while self.items and self.frames + item.count > self.limit and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+        if self.closed:
+            return
+        self.items.append(item)
+        self.frames += item.count
+        self._ready.set()
+
+    async def get(self) -> _Outgoing:
+        while not self.items:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self.items.popleft()
+        self.frames -= item.count
+        self._room.set()
+        return item
+
+    def close(self) -> None:
+        """Drop what is queued and take nothing more; frees a feed blocked on this outbox."""
+        self.closed = True
+        self.items.clear()
+        self.frames = 0
+        self._room.set()
+
 
 class _Connection:
     def __init__(self, ws: ServerConnection, plan: FaultPlan, outbox_frames: int) -> None:
         self.ws = ws
         self.plan = plan
-        self.outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(outbox_frames)
+        self.per_event = _acts_per_event(plan.spec)
+        self.outbox = _Outbox(outbox_frames)
         self.subscriptions: dict[str, _Subscription] = {}
-        self.closed = False
 
     async def put(self, item: _Outgoing) -> None:
-        if not self.closed:
-            await self.outbox.put(item)
+        await self.outbox.put(item)
 
     def close(self) -> None:
-        self.closed = True
-        # Free a feed pump blocked on this full outbox; the frames were in flight and are lost.
-        while not self.outbox.empty():
-            self.outbox.get_nowait()
+        # The frames still queued were in flight and are lost, as on the real feeds.
+        self.outbox.close()
 
 
 class _Timeline:
@@ -258,25 +358,41 @@ class _Timeline:
                 # A paused timeline resumes at its pace, not in a burst to catch up.
                 started, played = None, 0
             rows = await asyncio.to_thread(
-                self.feed.spec.read, self.feed.store, self.after, self.feed.options.read_rows
+                self.feed.store.feed_slice,
+                self.feed.spec.name,
+                self.after,
+                self.feed.options.read_rows,
             )
             if not rows:
                 return  # the stored day is over; subscribers stay connected and hear nothing
             started = time.monotonic() if started is None else started
-            for row in rows:
-                if not self.subscriptions:
-                    break
-                for sub in tuple(self.subscriptions.values()):
-                    if sub.filters.matches(row):
-                        await sub.connection.put(
-                            _Outgoing(sub.prefix + row.data + b"}", sub, sub.filters)
-                        )
-                self.after = row.seq
-                played += 1
+            done = 0
+            while done < len(rows) and self.subscriptions:
+                count = len(rows) - done
                 if pace:
-                    delay = started + played / pace - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    # Row k of a run is due at started + k / pace.
+                    due = int((time.monotonic() - started) * pace) + 1 - played
+                    if due <= 0:
+                        await asyncio.sleep(started + played / pace - time.monotonic())
+                        continue
+                    count = min(count, due)
+                # As many rows as every subscriber's outbox has room for, so a connection that
+                # dies loses no more than it had queued; one row at a time (waiting on the
+                # fullest) while one is full.
+                room = min(sub.connection.outbox.room() for sub in self.subscriptions.values())
+                part = rows[done : done + min(count, max(1, room))]
+                await self._deliver(part)
+                self.after = part[-1][0]
+                done += len(part)
+                played += len(part)
+
+    async def _deliver(self, rows: Sequence[FeedTuple]) -> None:
+        """Queue the rows' frames to every subscription that takes them, one item each."""
+        for sub in tuple(self.subscriptions.values()):
+            filters = sub.filters
+            wire, count = sub.wire(filters, rows)
+            if count:
+                await sub.connection.put(_Outgoing(wire, count, sub, filters))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -344,7 +460,7 @@ class FeedServer:
         )
         writer = asyncio.create_task(self._write(conn))
         try:
-            await conn.put(_Outgoing(_control({"type": "connected"})))
+            await conn.put(_control({"type": "connected"}))
             async for message in ws:
                 await self._on_request(conn, message)
         except ConnectionClosed:
@@ -365,7 +481,7 @@ class FeedServer:
                 sub = _Subscription(sid, request.filters, conn, self.spec.message_type)
                 conn.subscriptions[sid] = sub
                 # The ack is queued before the subscription joins a timeline, so it comes first.
-                await conn.put(_Outgoing(_control({"type": "ack", "subscription_id": sid})))
+                await conn.put(_control({"type": "ack", "subscription_id": sid}))
                 self._attach(sub)
                 return
             sub_or_none = conn.subscriptions.get(request.subscription_id)
@@ -377,9 +493,9 @@ class FeedServer:
                 del conn.subscriptions[request.subscription_id]
                 self._detach(sub_or_none)
             ack = {"type": "ack", "subscription_id": request.subscription_id}
-            await conn.put(_Outgoing(_control(ack)))
+            await conn.put(_control(ack))
         except RequestError as exc:
-            await conn.put(_Outgoing(_control({"type": "error", "message": str(exc)})))
+            await conn.put(_control({"type": "error", "message": str(exc)}))
 
     def _attach(self, sub: _Subscription) -> None:
         if self._live is not None:
@@ -404,37 +520,48 @@ class FeedServer:
         Frames are gathered while the outbox has more (up to an outbox's worth) and written
         together: one socket write per frame costs the venue about three times the CPU per
         event, and on a small host the venue shares its cores with the consumer under test.
-        Each frame is still one message.
+        Each frame is still one message. Without faults that act per event, a queued item's
+        frames go out as they are; with them, one frame at a time.
         """
         plan = conn.plan
+        per_event = conn.per_event
         out: list[bytes] = []
+        backlog: deque[_Outgoing] = deque()  # single frames of an item taken apart
         pending: _Outgoing | None = None
         with contextlib.suppress(ConnectionClosed):
             while True:
                 if pending is None and (
-                    conn.outbox.empty() or len(out) >= self.options.outbox_frames
+                    len(out) >= self.options.outbox_frames or (not backlog and conn.outbox.empty())
                 ):
                     await _flush(conn.ws, out)
-                item = pending or await conn.outbox.get()
+                item = pending or await _take(conn, backlog, per_event)
                 pending = None
-                if item.subscription is None:
-                    out.append(item.frame)
+                sub = item.subscription
+                if sub is None:
+                    out.extend(item.wire)
+                    continue
+                if not per_event:
+                    if sub.current(item):
+                        out.extend(item.wire)
+                        plan.count(item.count)
                     continue
                 window = [item]
                 if plan.spec.reorder_window >= 2:
-                    pending = await self._fill_window(conn, window)
+                    pending = await self._fill_window(conn, window, backlog)
                 for event in plan.reorder(window):
                     if not await self._send_event(conn, plan, event, out):
                         return
 
-    async def _fill_window(self, conn: _Connection, window: list[_Outgoing]) -> _Outgoing | None:
+    async def _fill_window(
+        self, conn: _Connection, window: list[_Outgoing], backlog: deque[_Outgoing]
+    ) -> _Outgoing | None:
         """Gather up to reorder_window adjacent event frames; return a control frame met on
         the way, to be sent after them."""
         deadline = time.monotonic() + self.options.reorder_wait_s
         while len(window) < conn.plan.spec.reorder_window:
             try:
                 item = await asyncio.wait_for(
-                    conn.outbox.get(), timeout=max(0.0, deadline - time.monotonic())
+                    _take(conn, backlog, True), timeout=max(0.0, deadline - time.monotonic())
                 )
             except TimeoutError:
                 return None
@@ -449,23 +576,18 @@ class FeedServer:
         """Queue one event frame in `out` with its faults; False once the fault plan cut the
         connection (what was queued before the cut is sent first)."""
         sub = event.subscription
-        if (
-            sub is None
-            or conn.subscriptions.get(sub.sid) is not sub
-            or sub.filters is not event.filters
-        ):
-            # Unsubscribed or updated since the event was queued: the ack already told the
-            # client that the old subscription is over.
+        if sub is None or not sub.current(event):
             return True
         if plan.latency_s:
             await _flush(conn.ws, out)
             await asyncio.sleep(plan.latency_s)
-        out.append(event.frame)
+        (frame,) = event.wire
+        out.append(frame)
         if plan.duplicate():
             plan.log.record(plan.channel, "duplicate", connection=plan.ordinal)
-            out.append(event.frame)
+            out.append(frame)
         if plan.malformed():
-            out.append(plan.malformed_frame(self.spec.message_type, sub.sid))
+            out.append(text_frame(plan.malformed_frame(self.spec.message_type, sub.sid)))
         cut = plan.count(1)
         if cut is None:
             return True
@@ -477,13 +599,34 @@ class FeedServer:
         return False
 
 
+def _acts_per_event(spec: FaultSpec) -> bool:
+    """Whether a connection's faults act on its event frames one by one."""
+    return bool(
+        spec.duplicate_rate
+        or spec.malformed_rate
+        or spec.reorder_window >= 2
+        or spec.latency_ms
+        or spec.disconnect_every is not None
+        or spec.ws_drop_every is not None
+    )
+
+
+async def _take(conn: _Connection, backlog: deque[_Outgoing], one_frame: bool) -> _Outgoing:
+    """The next item to send: as queued, or (`one_frame`) one frame of it at a time."""
+    if backlog:
+        return backlog.popleft()
+    item = await conn.outbox.get()
+    if not one_frame or item.count == 1:
+        return item
+    backlog.extend(item.split())
+    return backlog.popleft()
+
+
 async def _flush(ws: ServerConnection, out: list[bytes]) -> None:
-    """Send the text frames in `out`, one message each, in a single socket write."""
+    """Write the wire frames in `out` in a single socket write."""
     if not out:
         return
     async with ws.send_context():
-        for frame in out:
-            ws.protocol.send_text(frame)
-        # send_context would write frame by frame; it still applies flow control after this.
-        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        # send_context checked that the connection is open; it applies flow control after this.
+        ws.transport.write(b"".join(out))
     out.clear()
