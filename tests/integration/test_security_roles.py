@@ -96,6 +96,12 @@ def _refused(engine: Engine, statement: str) -> BaseException:
     return refused.value.orig  # type: ignore[return-value]
 
 
+def _all_refused_by_privilege(engine: Engine, statements: list[str]) -> None:
+    for statement in statements:
+        refused = _refused(engine, statement)
+        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+
+
 def test_readonly_login_reads_but_cannot_write_anything(
     engine: Engine, analyst: Engine, guarantee: Any
 ) -> None:
@@ -113,9 +119,7 @@ def test_readonly_login_reads_but_cannot_write_anything(
     ]
     with analyst.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM execution")).scalar_one() == 0
-    for statement in statements:
-        refused = _refused(analyst, statement)
-        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+    _all_refused_by_privilege(analyst, statements)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT to_regclass('intruder')")).scalar_one() is None
     guarantee(
@@ -187,9 +191,7 @@ def test_application_role_cannot_switch_the_audit_trigger_off(
         "SET ROLE recon_owner",
         "GRANT recon_owner TO CURRENT_USER",
     ]
-    for statement in statements:
-        refused = _refused(application, statement)
-        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+    _all_refused_by_privilege(application, statements)
     with engine.connect() as conn:
         trigger = conn.execute(
             text(
@@ -255,10 +257,8 @@ def test_application_role_appends_to_the_audit_trail_and_works_the_break_lifecyc
         "DELETE FROM break_audit",
         "TRUNCATE break_audit",
     ]
-    for statement in rewrites:
-        # Refused by privilege, before the append-only trigger is even reached.
-        refused = _refused(application, statement)
-        assert isinstance(refused, errors.InsufficientPrivilege), (statement, refused)
+    # Refused by privilege, before the append-only trigger is even reached.
+    _all_refused_by_privilege(application, rewrites)
     with engine.connect() as conn:
         trail = audit_trail(conn, found.id)
         partition_owner = conn.execute(
