@@ -4,7 +4,9 @@ One `write()` is one transaction: the batch's events are COPYed (binary) into se
 staging tables, merged into the fact tables with `INSERT ... SELECT ... ON CONFLICT` on their
 natural keys, its dead letters are inserted, and the stream's checkpoint is upserted. A crash
 anywhere loses the whole batch and its checkpoint together, so the stream resumes from the last
-committed checkpoint and the re-delivered rows merge into nothing new.
+committed checkpoint and the re-delivered rows merge into nothing new. Confirmed chain fills,
+the bulk of a day, skip staging: they are COPYed straight into order_filled, and only if one of
+them is stored already does the batch take the staged ON CONFLICT path (`_copy_fills`).
 
 Merge rules (the same final tables whatever the order or repetition of deliveries):
 - execution, position_change, instrument_state_change, trade_capture_state, feed_trade,
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import errors
@@ -309,18 +311,22 @@ FILL_COLUMNS = (
 # equalities, not a BETWEEN: a range on the index's leading column would scan every index entry of
 # those days per looked-up row, instead of three point probes on (business_date, tx_hash, ...).
 NEAR_DAYS = "= ANY(ARRAY[{day} - 1, {day}, {day} + 1])"
+# Confirmed fills are the bulk of a day. They are COPYed straight into order_filled (see
+# BatchWriter._copy_fills); staging holds only their keys, for the statements that follow.
+FILL_KEY_COLUMNS = ("status", "business_date", "tx_hash", "order_hash")
+CONFIRMED_FILL_COLUMNS = (*FILL_COLUMNS, "log_index")
+# The fallback when a confirmed fill is already stored: stage the whole rows, merge as usual.
+FILLS_MERGE = (
+    f"INSERT INTO order_filled ({_list(CONFIRMED_FILL_COLUMNS)}) "
+    f"SELECT {_list(CONFIRMED_FILL_COLUMNS)} FROM ingest_stage_order_filled "
+    "WHERE status = 'confirmed' "
+    "ON CONFLICT (business_date, tx_hash, log_index) DO NOTHING"
+)
 ORDER_FILLED = Kind(
     stage="ingest_stage_order_filled",
-    columns=("status", *FILL_COLUMNS, "log_index"),
-    shape=f"SELECT NULL::text AS status, {_list(FILL_COLUMNS)}, log_index FROM order_filled",
+    columns=("status", *CONFIRMED_FILL_COLUMNS),
+    shape=f"SELECT NULL::text AS status, {_list(CONFIRMED_FILL_COLUMNS)} FROM order_filled",
     merges=(
-        (
-            "order_filled",
-            f"INSERT INTO order_filled ({_list(FILL_COLUMNS)}, log_index) "
-            f"SELECT {_list(FILL_COLUMNS)}, log_index FROM ingest_stage_order_filled "
-            "WHERE status = 'confirmed' "
-            "ON CONFLICT (business_date, tx_hash, log_index) DO NOTHING",
-        ),
         (
             "superseded",
             "UPDATE order_filled_pending AS p SET superseded_at = now() "
@@ -430,6 +436,8 @@ KINDS: dict[type, Kind] = {
     FeedTradeEvent: FEED_TRADE,
 }
 ROWS = {kind.stage: kind.row() for kind in KINDS.values()}
+FILL_KEY = attrgetter(*FILL_KEY_COLUMNS)
+FILL_ROW = attrgetter(*CONFIRMED_FILL_COLUMNS)
 
 CHECKPOINT_UPSERT = (
     "INSERT INTO stream_checkpoint AS c (stream, resume_token, last_event_time, events_total) "
@@ -470,7 +478,7 @@ class BatchWriter:
         self._engine = engine
         self._synchronous_commit = synchronous_commit
         self._days: set[date] = set()  # partitions known to exist
-        self._types: dict[str, list[int]] = {}  # staging table -> column type OIDs, for COPY
+        self._types: dict[str, list[int]] = {}  # "table (columns)" -> type OIDs, for COPY
 
     def write(
         self,
@@ -549,25 +557,32 @@ class BatchWriter:
         before_merge: Callable[[], None] | None,
     ) -> dict[str, int]:
         rows: dict[str, int] = {}
+        confirmed: list[OrderFilledEvent] = []
         with self._connection() as (pooled, pg):
             if not pooled.info.get(STAGED):
                 self._create_staging(pg)
                 pooled.info[STAGED] = True
             with pg.cursor() as cur:
                 for kind, events in batches:
-                    self._copy(cur, kind, events)
+                    if kind is ORDER_FILLED:
+                        confirmed = self._stage_fills(cur, events)
+                    else:
+                        self._copy(cur, kind.stage, kind.columns, map(ROWS[kind.stage], events))
                 if dead:
-                    with cur.copy(
-                        "COPY dead_letter (source, reason, raw) FROM STDIN (FORMAT BINARY)"
-                    ) as copy:
-                        copy.set_types(["text", "text", "bytea"])
-                        for letter in dead:
-                            copy.write_row(
-                                (_printable(letter.source), _printable(letter.reason), letter.raw)
-                            )
+                    self._copy(
+                        cur,
+                        "dead_letter",
+                        ("source", "reason", "raw"),
+                        (
+                            (_printable(letter.source), _printable(letter.reason), letter.raw)
+                            for letter in dead
+                        ),
+                    )
                     rows["dead_letter"] = len(dead)
             if before_merge is not None:
                 before_merge()
+            if confirmed:
+                rows["order_filled"] = self._copy_fills(pg, confirmed)
             # The merges go in one round trip (COPY can't be pipelined); the server still runs
             # them in order, so a refund sees the fills merged just before it.
             merged: list[tuple[str, psycopg.Cursor[Any]]] = []
@@ -593,19 +608,62 @@ class BatchWriter:
             pg.commit()
         return rows
 
-    def _copy(self, cur: psycopg.Cursor[Any], kind: Kind, events: list[Event]) -> None:
-        types = self._types.get(kind.stage)
+    def _stage_fills(self, cur: psycopg.Cursor[Any], events: list[Event]) -> list[OrderFilledEvent]:
+        """Stage the pending fills whole and the confirmed ones by key; return the confirmed
+        ones, first delivery of each key only, for `_copy_fills`."""
+        confirmed: dict[tuple[date, str, int | None], OrderFilledEvent] = {}
+        pending: list[OrderFilledEvent] = []
+        for event in cast(list[OrderFilledEvent], events):  # KINDS routed them here by type
+            if event.status == "confirmed":
+                confirmed.setdefault((event.business_date, event.tx_hash, event.log_index), event)
+            else:
+                pending.append(event)
+        stage = ORDER_FILLED.stage
+        if pending:
+            self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], pending))
+        if confirmed:
+            self._copy(cur, stage, FILL_KEY_COLUMNS, map(FILL_KEY, confirmed.values()))
+        return list(confirmed.values())
+
+    def _copy_fills(self, pg: psycopg.Connection[Any], fills: list[OrderFilledEvent]) -> int:
+        """COPY confirmed fills straight into order_filled: a staged INSERT ... ON CONFLICT
+        costs Postgres a second write of each row and a probe of the key before the insert.
+
+        A fill stored before (a re-delivery) fails the COPY: the savepoint takes it back and
+        the batch's fills are staged whole and merged with ON CONFLICT DO NOTHING instead. This
+        runs after `before_merge`, in the stream's turn: earlier, a fill also held by the
+        previous batch, not yet committed, would wait for that batch's commit, which waits for
+        this one's turn: a deadlock Postgres can't see."""
+        try:
+            with pg.transaction(), pg.cursor() as cur:
+                self._copy(cur, "order_filled", CONFIRMED_FILL_COLUMNS, map(FILL_ROW, fills))
+            return len(fills)
+        except errors.UniqueViolation:
+            log.debug("a confirmed fill of the batch is stored already; merging the batch's")
+        stage = ORDER_FILLED.stage
+        with pg.cursor() as cur:
+            cur.execute(f"DELETE FROM {stage} WHERE status = 'confirmed'")
+            self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], fills))
+            cur.execute(FILLS_MERGE)
+            return max(cur.rowcount, 0)
+
+    def _copy(
+        self,
+        cur: psycopg.Cursor[Any],
+        table: str,
+        columns: tuple[str, ...],
+        rows: Iterable[tuple[Any, ...]],
+    ) -> None:
+        names = _list(columns)
+        types = self._types.get(f"{table} ({names})")
         if types is None:
             # Binary COPY needs each column's exact type: the target table's, read once.
-            cur.execute(f"SELECT {_list(kind.columns)} FROM {kind.stage} LIMIT 0")
-            types = self._types[kind.stage] = [c.type_code for c in cur.description or ()]
-        row = ROWS[kind.stage]
-        with cur.copy(
-            f"COPY {kind.stage} ({_list(kind.columns)}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+            cur.execute(f"SELECT {names} FROM {table} LIMIT 0")
+            types = self._types[f"{table} ({names})"] = [c.type_code for c in cur.description or ()]
+        with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(types)
-            for event in events:
-                copy.write_row(row(event))
+            for row in rows:
+                copy.write_row(row)
 
     @staticmethod
     def _create_staging(pg: psycopg.Connection[Any]) -> None:

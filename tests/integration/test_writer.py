@@ -513,3 +513,43 @@ def test_chain_rows_are_compressed_with_lz4(shared_engine: Engine) -> None:
             {"tx": day.hash(1, 1)},
         ).scalar_one()
     assert method == "lz4"
+
+
+def test_a_fill_stored_before_sends_its_batch_through_the_merge(shared_engine: Engine) -> None:
+    """Confirmed fills are COPYed straight into order_filled. A re-delivery of a stored one makes
+    that COPY fail; the batch then merges its fills with ON CONFLICT, losing and doubling none,
+    and the pending rows, refunds and checkpoint of the batch are written as usual."""
+    ns = "aced000a"
+    day = Day(ns)
+    writer = BatchWriter(shared_engine)
+
+    def events(*frames: bytes) -> list[Event]:
+        parsed = [parse.orders_frame(raw) for raw in frames]
+        return [p.event for p in parsed if isinstance(p, parse.OrdersEvent)]
+
+    # Two deliveries of one fill in a batch: the direct COPY takes the first.
+    first = writer.write(events(day.fill(1, 1), day.fill(1, 1)), [], Checkpoint(ns, None, NOON))
+    assert first.rows["order_filled"] == 1
+    second = writer.write(
+        events(
+            day.fill(1, 2, pending=True),
+            day.fill(1, 1),  # stored by the first batch
+            day.fill(1, 2),
+            day.refund(1, 2),
+        ),
+        [],
+        Checkpoint(ns, None, NOON),
+    )
+    assert (second.events, second.rows["order_filled"], second.rows["fee_refund"]) == (4, 1, 1)
+    with shared_engine.connect() as conn:
+        fills = conn.execute(
+            text("SELECT log_index, price FROM order_filled WHERE tx_hash = :tx ORDER BY 1"),
+            {"tx": day.hash(1, 1)},
+        ).all()
+        pending = conn.execute(
+            text("SELECT superseded_at IS NOT NULL FROM order_filled_pending WHERE tx_hash = :tx"),
+            {"tx": day.hash(1, 1)},
+        ).all()
+    assert [tuple(row) for row in fills] == [(1, Decimal("0.53")), (2, Decimal("0.53"))]
+    assert [tuple(row) for row in pending] == [(True,)]  # its confirmation came in its batch
+    assert writer.load_checkpoint(ns) == Checkpoint(ns, None, NOON)
