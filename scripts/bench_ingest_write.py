@@ -157,7 +157,9 @@ def through_writer(
     return rate(len(events), started)
 
 
-def raw_copy(url: str, kind: Kind, events: Sequence[Event], size: int, *, keyed: bool) -> float:
+def raw_copy(
+    url: str, kind: Kind, target: str, events: Sequence[Event], size: int, *, keyed: bool
+) -> float:
     """The same rows by binary COPY, a commit per batch, into a table with no keys (the floor)
     or, `keyed`, into an unpartitioned copy of the target with its keys and indexes (what the
     schema costs before any merging)."""
@@ -165,7 +167,6 @@ def raw_copy(url: str, kind: Kind, events: Sequence[Event], size: int, *, keyed:
     names = ", ".join(columns)
     row: Callable[[Any], tuple[Any, ...]] = kind.row()
     table = f"{'keyed' if keyed else 'plain'}_{kind.stage}"
-    target = kind.merges[0][0]
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo) as pg:
         if keyed:
@@ -218,6 +219,7 @@ def main() -> None:
             f"cpu_count={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} "
             f"rows/kind={args.rows:,} batch={args.batch}"
         )
+        # Each label is also the target table.
         for label, make, parser_of, kind in (
             ("execution", execution_messages, parse_execution, EXECUTION),
             ("order_filled", order_filled_frames, parse_order_filled, ORDER_FILLED),
@@ -226,12 +228,12 @@ def main() -> None:
             started = time.perf_counter()
             events = [parser_of(raw) for raw in payloads]
             parsed = rate(len(events), started)
-            floor = raw_copy(url, kind, events, args.batch, keyed=False)
-            keyed = raw_copy(url, kind, events, args.batch, keyed=True)
+            floor = raw_copy(url, kind, label, events, args.batch, keyed=False)
+            keyed = raw_copy(url, kind, label, events, args.batch, keyed=True)
             written = through_writer(engine, label, events, args.batch)
             again = through_writer(engine, label, events, args.batch)
             with engine.begin() as conn:
-                conn.execute(text(f"TRUNCATE {kind.merges[0][0]}"))
+                conn.execute(text(f"TRUNCATE {label}"))
             unflushed = through_writer(engine, label, events, args.batch, synchronous=False)
             print(
                 f"{label:12s} parse {parsed:8,.0f}/s | writer {written:7,.0f} rows/s, "
