@@ -182,6 +182,14 @@ def _on_date(where: Where, business_date: date | None) -> Where:
     return where.add("business_date = :business_date", business_date=business_date)
 
 
+# Each part of the newest-first union keeps its newest `limit` rows in the union's own order,
+# time ties included: cut by time alone, which tied rows survive would be up to the plan (and
+# change with it). Refs compare in byte order, the hex keys' own, so that a part and the union
+# sort them alike whatever the database's collation.
+EXCHANGE_REF = "execution_id"
+CHAIN_REF = "tx_hash || ':' || log_index"
+
+
 def _exchange_trades(f: TradeFilter) -> tuple[str, Where]:
     where = _time_bounds("transact_time", f.start, f.end, slack=timedelta(days=1))
     where = _on_date(where, f.business_date)
@@ -195,11 +203,11 @@ def _exchange_trades(f: TradeFilter) -> tuple[str, Where]:
         where = where.add("notional >= :min_notional", min_notional=f.min_notional)
     sql = f"""
         SELECT 'exchange' AS venue, transact_time AS at, business_date,
-               trade_id AS trade, execution_id AS ref, symbol AS market, account AS party,
+               trade_id AS trade, {EXCHANGE_REF} AS ref, symbol AS market, account AS party,
                NULL AS counterparty, side, quantity, price, notional, commission AS fee,
                trade_state AS state
         FROM v_exchange_fill WHERE {where.sql}
-        ORDER BY transact_time DESC LIMIT :limit"""
+        ORDER BY transact_time DESC, {EXCHANGE_REF} COLLATE "C" LIMIT :limit"""
     return sql, where
 
 
@@ -215,12 +223,12 @@ def _chain_trades(f: TradeFilter) -> tuple[str, Where]:
         where = where.add("notional >= :min_notional", min_notional=f.min_notional)
     sql = f"""
         SELECT 'chain' AS venue, event_time AS at, business_date,
-               tx_hash AS trade, tx_hash || ':' || log_index AS ref,
+               tx_hash AS trade, {CHAIN_REF} AS ref,
                coalesce(market_slug, condition_id) AS market, maker_address AS party,
                taker_address AS counterparty, side, shares_normalized AS quantity, price,
                notional, net_fee AS fee, NULL AS state
         FROM v_chain_fill WHERE {where.sql}
-        ORDER BY event_time DESC LIMIT :limit"""
+        ORDER BY event_time DESC, ({CHAIN_REF}) COLLATE "C" LIMIT :limit"""
     return sql, where
 
 
@@ -245,7 +253,11 @@ def trades(conn: Connection, f: TradeFilter) -> ResultSet:
     for _, where in parts:
         params.update(where.params)
     union = " UNION ALL ".join(f"({sql})" for sql, _ in parts)
-    return _result(conn, f"SELECT * FROM ({union}) AS t ORDER BY at DESC, ref LIMIT :limit", params)
+    return _result(
+        conn,
+        f'SELECT * FROM ({union}) AS t ORDER BY at DESC, ref COLLATE "C" LIMIT :limit',
+        params,
+    )
 
 
 # --- fees ---------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ SELECT * FROM (
      LEFT JOIN fee_refund AS r
        ON o.role = 'maker' AND r.tx_hash = o.tx_hash AND r.order_hash = o.order_hash
      WHERE o.user_address = :wallet AND {fill_where}
-     ORDER BY o.event_time DESC LIMIT :limit)
+     ORDER BY at DESC, activity, o.tx_hash COLLATE "C", o.order_hash COLLATE "C" LIMIT :limit)
     UNION ALL
     (SELECT r.at, r.business_date, 'fee_refund',
             r.tx_hash, r.order_hash, coalesce(r.market_slug, r.condition_id), NULL, NULL,
@@ -326,9 +338,9 @@ SELECT * FROM (
         WHERE f.user_address = :wallet
      ) AS r
      WHERE {refund_where}
-     ORDER BY r.at DESC LIMIT :limit)
+     ORDER BY r.at DESC, r.tx_hash COLLATE "C", r.order_hash COLLATE "C" LIMIT :limit)
 ) AS activity
-ORDER BY at DESC, activity, tx_hash, order_hash
+ORDER BY at DESC, activity, tx_hash COLLATE "C", order_hash COLLATE "C"
 LIMIT :limit
 """
 
