@@ -54,14 +54,18 @@ class WriteAbandoned(RuntimeError):
 
 
 class _Turn:
-    """When a batch has finished (committed, or failed): the next one merges only after it."""
+    """When a batch has finished (committed, or failed): the next one merges only after it.
+    Until then `events` are the batch's, which the next one leaves to it (BatchWriter.write's
+    `behind`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: Sequence[Event] = ()) -> None:
         self._done = threading.Event()
         self.ok = False
+        self.events = events
 
     def finish(self, ok: bool) -> None:
         self.ok = ok
+        self.events = ()
         self._done.set()
 
     def wait(self) -> None:
@@ -269,7 +273,7 @@ class SourceSink:
                 await self._fill()
                 batch, self._pending = self._pending, _Pending()
                 self._room.set()
-                turn = _Turn()
+                turn = _Turn(batch.events)
                 write = loop.run_in_executor(
                     self._executor, self._write_batch, batch, previous, turn
                 )
@@ -319,7 +323,7 @@ class SourceSink:
 
     def _write_in_turn(self, batch: _Pending, previous: _Turn) -> None:
         started = time.perf_counter()
-        self._write_isolating(batch.events, batch.dead, batch.checkpoint, previous.wait)
+        self._write_isolating(batch.events, batch.dead, batch.checkpoint, previous)
         source = self.status.name
         self._metrics.batch_seconds.labels(source).observe(time.perf_counter() - started)
         self._metrics.events.labels(source).inc(len(batch.events))
@@ -337,25 +341,27 @@ class SourceSink:
         events: list[Event],
         dead: list[DeadLetter],
         checkpoint: Checkpoint | None,
-        wait_turn: Callable[[], None],
+        previous: _Turn,
     ) -> None:
         try:
             self._retrying(
-                lambda: self._writer.write(events, dead, checkpoint, before_merge=wait_turn)
+                lambda: self._writer.write(
+                    events, dead, checkpoint, before_merge=previous.wait, behind=previous.events
+                )
             )
         except Exception as exc:
             if not _is_content_error(exc):
                 raise
             if len(events) <= 1:
-                self._refused(events, dead, checkpoint, exc, wait_turn)
+                self._refused(events, dead, checkpoint, exc, previous)
                 return
             log.warning(
                 "database refused a batch of %s for its content; isolating the bad rows",
                 self.status.name,
             )
             half = len(events) // 2
-            self._write_isolating(events[:half], dead, None, wait_turn)
-            self._write_isolating(events[half:], [], checkpoint, wait_turn)
+            self._write_isolating(events[:half], dead, None, previous)
+            self._write_isolating(events[half:], [], checkpoint, previous)
             return
         self._count_dead(len(dead))
 
@@ -365,11 +371,13 @@ class SourceSink:
         dead: list[DeadLetter],
         checkpoint: Checkpoint | None,
         exc: BaseException,
-        wait_turn: Callable[[], None],
+        previous: _Turn,
     ) -> None:
         reason = f"database refused the row: {str(exc).splitlines()[0]}"
         letters = [*dead, *(DeadLetter(self.status.name, reason, e.raw) for e in events)]
-        self._retrying(lambda: self._writer.write([], letters, checkpoint, before_merge=wait_turn))
+        self._retrying(
+            lambda: self._writer.write([], letters, checkpoint, before_merge=previous.wait)
+        )
         self._count_dead(len(letters))
 
     def _count_dead(self, n: int) -> None:

@@ -6,7 +6,7 @@ natural keys, its dead letters are inserted, and the stream's checkpoint is upse
 anywhere loses the whole batch and its checkpoint together, so the stream resumes from the last
 committed checkpoint and the re-delivered rows merge into nothing new. Confirmed chain fills,
 the bulk of a day, skip staging: they are COPYed straight into order_filled, and only if one of
-them is stored already does the batch take the staged ON CONFLICT path (`_copy_fills`).
+them is stored already does the batch take the staged ON CONFLICT path (`_write_fills`).
 
 Merge rules (the same final tables whatever the order or repetition of deliveries):
 - execution, position_change, instrument_state_change, trade_capture_state, feed_trade,
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 3
 STAGED = "polyrecon.ingest.staged"  # key in the pooled connection's info: staging tables exist
 TEMP_BUFFERS = "32MB"
+COPY_LOCK_TIMEOUT = "2s"  # see BatchWriter._write_fills
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,14 +313,14 @@ FILL_COLUMNS = (
 # those days per looked-up row, instead of three point probes on (business_date, tx_hash, ...).
 NEAR_DAYS = "= ANY(ARRAY[{day} - 1, {day}, {day} + 1])"
 # Confirmed fills are the bulk of a day. They are COPYed straight into order_filled (see
-# BatchWriter._copy_fills); staging holds only their keys, for the statements that follow.
+# BatchWriter._write_fills); staging holds only their keys, for the statements that follow.
 FILL_KEY_COLUMNS = ("status", "business_date", "tx_hash", "order_hash")
 CONFIRMED_FILL_COLUMNS = (*FILL_COLUMNS, "log_index")
 # The fallback when a confirmed fill is already stored: stage the whole rows, merge as usual.
 FILLS_MERGE = (
     f"INSERT INTO order_filled ({_list(CONFIRMED_FILL_COLUMNS)}) "
     f"SELECT {_list(CONFIRMED_FILL_COLUMNS)} FROM ingest_stage_order_filled "
-    "WHERE status = 'confirmed' "
+    "WHERE status = 'confirmed' AND log_index IS NOT NULL "  # not the rows of keys only
     "ON CONFLICT (business_date, tx_hash, log_index) DO NOTHING"
 )
 ORDER_FILLED = Kind(
@@ -437,6 +438,10 @@ KINDS: dict[type, Kind] = {
 }
 ROWS = {kind.stage: kind.row() for kind in KINDS.values()}
 FILL_KEY = attrgetter(*FILL_KEY_COLUMNS)
+FillKey = tuple[date, str, int | None]
+_fill_key: Callable[[OrderFilledEvent], FillKey] = attrgetter(
+    "business_date", "tx_hash", "log_index"
+)
 FILL_ROW = attrgetter(*CONFIRMED_FILL_COLUMNS)
 
 CHECKPOINT_UPSERT = (
@@ -487,22 +492,31 @@ class BatchWriter:
         checkpoint: Checkpoint | None,
         *,
         before_merge: Callable[[], None] | None = None,
+        behind: Sequence[Event] = (),
     ) -> WriteResult:
         """Store the batch, its dead letters and its checkpoint in one transaction.
 
         `before_merge` is called once the batch is staged, before it is merged and committed:
         a caller writing several batches of one stream at once waits there for the previous
         one to commit, so their COPYs overlap while their merges and checkpoints stay in order.
-        If it raises, the transaction is rolled back."""
+        If it raises, the transaction is rolled back. `behind` is that previous batch, which
+        this one commits only after: its confirmed fills are left to it (see `_write_fills`)."""
         batches: dict[Kind, list[Event]] = {}
         for event in events:
             batches.setdefault(KINDS[type(event)], []).append(event)
         ordered = [(kind, batches[kind]) for kind in KINDS.values() if kind in batches]
         days = _partition_days(events)
+        skip = {
+            _fill_key(e)
+            for e in behind
+            if isinstance(e, OrderFilledEvent) and e.status == "confirmed"
+        }
         for _ in range(ATTEMPTS - 1):
             self._ensure_partitions(days)
             try:
-                rows = self._transaction(ordered, dead, checkpoint, len(events), before_merge)
+                rows = self._transaction(
+                    ordered, dead, checkpoint, len(events), before_merge=before_merge, skip=skip
+                )
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                 log.warning("batch write conflicted (%s); retrying", type(exc).__name__)
             except errors.CheckViolation as exc:
@@ -513,7 +527,9 @@ class BatchWriter:
             else:
                 return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
         self._ensure_partitions(days)
-        rows = self._transaction(ordered, dead, checkpoint, len(events), before_merge)
+        rows = self._transaction(
+            ordered, dead, checkpoint, len(events), before_merge=before_merge, skip=skip
+        )
         return WriteResult(events=len(events), dead_letters=len(dead), rows=rows)
 
     def record_gap(self, source: str, start: datetime, end: datetime, reason: str) -> None:
@@ -554,44 +570,25 @@ class BatchWriter:
         dead: Sequence[DeadLetter],
         checkpoint: Checkpoint | None,
         total: int,
+        *,
         before_merge: Callable[[], None] | None,
+        skip: set[FillKey],
     ) -> dict[str, int]:
-        rows: dict[str, int] = {}
-        confirmed: list[OrderFilledEvent] = []
         with self._connection() as (pooled, pg):
             if not pooled.info.get(STAGED):
                 self._create_staging(pg)
                 pooled.info[STAGED] = True
-            with pg.cursor() as cur:
-                for kind, events in batches:
-                    if kind is ORDER_FILLED:
-                        confirmed = self._stage_fills(cur, events)
-                    else:
-                        self._copy(cur, kind.stage, kind.columns, map(ROWS[kind.stage], events))
-                if dead:
-                    self._copy(
-                        cur,
-                        "dead_letter",
-                        ("source", "reason", "raw"),
-                        (
-                            (_printable(letter.source), _printable(letter.reason), letter.raw)
-                            for letter in dead
-                        ),
-                    )
-                    rows["dead_letter"] = len(dead)
+            rows, merges = self._stage(pg, batches, dead, skip)
             if before_merge is not None:
                 before_merge()
-            if confirmed:
-                rows["order_filled"] = self._copy_fills(pg, confirmed)
             # The merges go in one round trip (COPY can't be pipelined); the server still runs
             # them in order, so a refund sees the fills merged just before it.
             merged: list[tuple[str, psycopg.Cursor[Any]]] = []
             with pg.pipeline():
                 if not self._synchronous_commit:
                     pg.execute("SET LOCAL synchronous_commit = off")
-                for kind, _ in batches:
-                    for table, sql in kind.merges:
-                        merged.append((table, pg.execute(sql)))
+                for table, sql in merges:
+                    merged.append((table, pg.execute(sql)))
                 if checkpoint is not None:
                     pg.execute(
                         CHECKPOINT_UPSERT,
@@ -608,44 +605,82 @@ class BatchWriter:
             pg.commit()
         return rows
 
-    def _stage_fills(self, cur: psycopg.Cursor[Any], events: list[Event]) -> list[OrderFilledEvent]:
-        """Stage the pending fills whole and the confirmed ones by key; return the confirmed
-        ones, first delivery of each key only, for `_copy_fills`."""
-        confirmed: dict[tuple[date, str, int | None], OrderFilledEvent] = {}
+    def _stage(
+        self,
+        pg: psycopg.Connection[Any],
+        batches: list[tuple[Kind, list[Event]]],
+        dead: Sequence[DeadLetter],
+        skip: set[FillKey],
+    ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """COPY the batch into staging (confirmed fills straight into order_filled, see
+        `_write_fills`) and its dead letters into their table. Returns the rows written so far
+        per table and the merges still to run, in order, each with the table it counts for."""
+        rows: dict[str, int] = {}
+        merges: list[tuple[str, str]] = []
+        with pg.cursor() as cur:
+            for kind, events in batches:
+                if kind is not ORDER_FILLED:
+                    self._copy(cur, kind.stage, kind.columns, map(ROWS[kind.stage], events))
+                elif (copied := self._write_fills(pg, cur, events, skip)) is not None:
+                    rows["order_filled"] = copied
+                else:
+                    merges.append(("order_filled", FILLS_MERGE))
+                merges.extend(kind.merges)
+            if dead:
+                letters = ((_printable(d.source), _printable(d.reason), d.raw) for d in dead)
+                self._copy(cur, "dead_letter", ("source", "reason", "raw"), letters)
+                rows["dead_letter"] = len(dead)
+        return rows, merges
+
+    def _write_fills(
+        self,
+        pg: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        events: list[Event],
+        skip: set[FillKey],
+    ) -> int | None:
+        """Stage the pending fills whole and the confirmed ones by key, and COPY the confirmed
+        ones straight into order_filled: a staged INSERT ... ON CONFLICT costs Postgres a second
+        write of each row and a probe of the key before the insert. Returns how many were
+        COPYed, or None if they were staged whole instead, for FILLS_MERGE.
+
+        Only the first delivery of each key is COPYed, and none of `skip`, the fills of the
+        batch still in flight before this one: this COPY runs before the turn, and a fill also
+        held uncommitted by that batch would wait for its commit, which may wait for this
+        batch's turn (a deadlock Postgres can't see). That batch stores them, or fails, and
+        then this one is rolled back too. A fill stored before (a re-delivery) fails the COPY:
+        the savepoint takes it back and the batch's fills are staged whole, to be merged with
+        ON CONFLICT DO NOTHING in the turn; so does a wait for a lock past COPY_LOCK_TIMEOUT."""
+        confirmed: dict[FillKey, OrderFilledEvent] = {}
         pending: list[OrderFilledEvent] = []
+        keys: list[OrderFilledEvent] = []
         for event in cast(list[OrderFilledEvent], events):  # KINDS routed them here by type
             if event.status == "confirmed":
-                confirmed.setdefault((event.business_date, event.tx_hash, event.log_index), event)
+                keys.append(event)
+                key = _fill_key(event)
+                if key not in skip:
+                    confirmed.setdefault(key, event)
             else:
                 pending.append(event)
         stage = ORDER_FILLED.stage
         if pending:
             self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], pending))
-        if confirmed:
-            self._copy(cur, stage, FILL_KEY_COLUMNS, map(FILL_KEY, confirmed.values()))
-        return list(confirmed.values())
-
-    def _copy_fills(self, pg: psycopg.Connection[Any], fills: list[OrderFilledEvent]) -> int:
-        """COPY confirmed fills straight into order_filled: a staged INSERT ... ON CONFLICT
-        costs Postgres a second write of each row and a probe of the key before the insert.
-
-        A fill stored before (a re-delivery) fails the COPY: the savepoint takes it back and
-        the batch's fills are staged whole and merged with ON CONFLICT DO NOTHING instead. This
-        runs after `before_merge`, in the stream's turn: earlier, a fill also held by the
-        previous batch, not yet committed, would wait for that batch's commit, which waits for
-        this one's turn: a deadlock Postgres can't see."""
+        if keys:
+            self._copy(cur, stage, FILL_KEY_COLUMNS, map(FILL_KEY, keys))
         try:
-            with pg.transaction(), pg.cursor() as cur:
-                self._copy(cur, "order_filled", CONFIRMED_FILL_COLUMNS, map(FILL_ROW, fills))
-            return len(fills)
-        except errors.UniqueViolation:
-            log.debug("a confirmed fill of the batch is stored already; merging the batch's")
-        stage = ORDER_FILLED.stage
-        with pg.cursor() as cur:
-            cur.execute(f"DELETE FROM {stage} WHERE status = 'confirmed'")
-            self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], fills))
-            cur.execute(FILLS_MERGE)
-            return max(cur.rowcount, 0)
+            with pg.transaction(), pg.cursor() as fills:
+                # Another worker holding one of these fills uncommitted (shards that overlap)
+                # could be waiting on this one the same way: give up waiting, merge in turn.
+                fills.execute(f"SET LOCAL lock_timeout = '{COPY_LOCK_TIMEOUT}'")
+                self._copy(
+                    fills, "order_filled", CONFIRMED_FILL_COLUMNS, map(FILL_ROW, confirmed.values())
+                )
+                fills.execute("SET LOCAL lock_timeout = DEFAULT")
+            return len(confirmed)
+        except (errors.UniqueViolation, errors.LockNotAvailable) as exc:
+            log.debug("staging the batch's confirmed fills to merge them: %s", type(exc).__name__)
+        self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], confirmed.values()))
+        return None
 
     def _copy(
         self,

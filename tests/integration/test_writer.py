@@ -4,6 +4,7 @@ whatever the order, batching or repetition of deliveries (the exactly-once effec
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -555,3 +556,49 @@ def test_a_fill_stored_before_sends_its_batch_through_the_merge(shared_engine: E
     assert [tuple(row) for row in fills] == [(1, Decimal("0.53")), (2, Decimal("0.53"))]
     assert [tuple(row) for row in pending] == [(True,)]  # its confirmation came in its batch
     assert writer.load_checkpoint(ns) == Checkpoint(ns, None, NOON)
+
+
+def test_a_batch_leaves_the_fills_of_the_batch_before_it_to_that_batch(
+    shared_engine: Engine,
+) -> None:
+    """Two batches of a stream are in flight at once, and confirmed fills are COPYed before a
+    batch's turn. A fill the batch before holds uncommitted would make the COPY wait for that
+    commit, which waits for this turn: so the batch leaves the fills of `behind` to it. (Were it
+    to wait, the lock timeout would end it in 2 s and the batch would merge instead.)"""
+    ns = "aced000b"
+    day = Day(ns)
+    writer = BatchWriter(shared_engine)
+    parsed = [parse.orders_frame(day.fill(1, n)) for n in (1, 2)]
+    first, second = [p.event for p in parsed if isinstance(p, parse.OrdersEvent)]
+    staged, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        staged.set()
+        release.wait(10)
+
+    before = threading.Thread(
+        target=writer.write,
+        args=([first], [], Checkpoint(ns, None, NOON)),
+        kwargs={"before_merge": hold},
+    )
+    before.start()
+    assert staged.wait(10)
+    started = time.monotonic()
+    waited: list[float] = []
+
+    def turn() -> None:
+        waited.append(time.monotonic() - started)
+        release.set()
+        before.join(10)
+
+    result = writer.write(
+        [first, second], [], Checkpoint(ns, None, NOON), before_merge=turn, behind=[first]
+    )
+    assert waited[0] < 1.5
+    assert result.rows["order_filled"] == 1
+    with shared_engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT log_index FROM order_filled WHERE tx_hash = :tx ORDER BY 1"),
+            {"tx": day.hash(1, 1)},
+        ).scalars()
+        assert list(stored) == [1, 2]

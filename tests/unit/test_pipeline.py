@@ -34,6 +34,8 @@ class FakeWriter:
     batches: list[tuple[list[Any], list[DeadLetter], Checkpoint | None]] = field(
         default_factory=list
     )
+    # The first raw of each batch written -> the raws of the batch it was written behind.
+    behind: dict[bytes, list[bytes]] = field(default_factory=dict)
 
     def write(
         self,
@@ -42,7 +44,9 @@ class FakeWriter:
         checkpoint: Checkpoint | None,
         *,
         before_merge: Callable[[], None] | None = None,
+        behind: Any = (),
     ) -> None:
+        self.behind[events[0].raw if events else b""] = [e.raw for e in behind]
         if self.down:
             self.down -= 1
             raise psycopg.OperationalError("server closed the connection unexpectedly")
@@ -214,6 +218,10 @@ def test_the_next_batch_stages_while_one_commits_and_commits_after_it() -> None:
     writer = SlowStaging({b"e0": 0.3})
     _three_batches(writer)
     assert writer.most_at_once == 2
+    # ... and is told which batch it is written behind (its confirmed fills are left to it).
+    (first, _, _), (second, _, _) = writer.batches[:2]
+    assert writer.behind[first[0].raw] == []
+    assert writer.behind[second[0].raw] == [e.raw for e in first]
     assert writer.committed == [f"e{n}".encode() for n in range(6)]
     assert len(writer.batches) >= 2
     seen = 0
