@@ -228,6 +228,8 @@ def run_workers(
     groups: list[list[str]],
     batch_rows: int,
     venue_pid: int,
+    *,
+    idle: float,
 ) -> tuple[float, list[int], RunCpu]:
     """Run one worker per source group until idle: wall time, each one's peak RSS (bytes) and
     the CPU seconds the run cost each process."""
@@ -250,7 +252,7 @@ def run_workers(
     procs = []
     for group in groups:
         args = [sys.executable, "-c", "from app.cli import main; main()", "ingest"]
-        args += ["--exit-when-idle", "2"]
+        args += ["--exit-when-idle", str(idle)]
         for source in group:
             args += ["--source", source]
         procs.append(subprocess.Popen(args, env=env, cwd=ROOT))
@@ -314,10 +316,12 @@ def raw_copy(conn: psycopg.Connection, table: str) -> tuple[int, float]:
     return rows, seconds
 
 
-def report(run: str, wall: float, peaks: list[int], cpu: RunCpu, results: list[Measured]) -> None:
+def report(
+    run: str, wall: float, peaks: list[int], cpu: RunCpu, results: list[Measured], *, idle: float
+) -> None:
     rss = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
     print(
-        f"\nrun {run}: wall {wall:.1f} s (includes 2 s idle), peak RSS {rss} MiB, "
+        f"\nrun {run}: wall {wall:.1f} s (includes {idle:g} s idle), peak RSS {rss} MiB, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     events = sum(m.events for m in results)
@@ -356,6 +360,13 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--venue-batch", type=int, default=500)
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-venue")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=2.0,
+        help="workers stop once every source is quiet this long; raise it on a loaded machine, "
+        "where a stall of the venue can look like the end of the day",
+    )
     args = parser.parse_args()
 
     print(f"nproc={os.cpu_count()} scale={args.scale} load average {os.getloadavg()[0]:.1f}")
@@ -370,11 +381,11 @@ def main() -> None:
             url = with_database(args.database_url, name)
             try:
                 wall, peaks, cpu = run_workers(
-                    endpoints, url, RUNS[run], args.batch_rows, venue.pid
+                    endpoints, url, RUNS[run], args.batch_rows, venue.pid, idle=args.idle_seconds
                 )
                 with psycopg.connect(libpq(url)) as conn:
                     results = [measure(conn, s) for group in RUNS[run] for s in group]
-                report(run, wall, peaks, cpu, results)
+                report(run, wall, peaks, cpu, results, idle=args.idle_seconds)
             finally:
                 drop_database(args.database_url, name)
     finally:
