@@ -437,7 +437,7 @@ KINDS: dict[type, Kind] = {
     FeedTradeEvent: FEED_TRADE,
 }
 ROWS = {kind.stage: kind.row() for kind in KINDS.values()}
-FILL_KEY = attrgetter(*FILL_KEY_COLUMNS)
+FILL_KEY_ROW = attrgetter(*FILL_KEY_COLUMNS)
 FillKey = tuple[date, str, int | None]
 _fill_key: Callable[[OrderFilledEvent], FillKey] = attrgetter(
     "business_date", "tx_hash", "log_index"
@@ -666,7 +666,9 @@ class BatchWriter:
         if pending:
             self._copy(cur, stage, ORDER_FILLED.columns, map(ROWS[stage], pending))
         if keys:
-            self._copy(cur, stage, FILL_KEY_COLUMNS, map(FILL_KEY, keys))
+            self._copy(cur, stage, FILL_KEY_COLUMNS, map(FILL_KEY_ROW, keys))
+        if not confirmed:
+            return 0
         try:
             with pg.transaction(), pg.cursor() as fills:
                 # Another worker holding one of these fills uncommitted (shards that overlap)
