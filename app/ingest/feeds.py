@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -159,6 +160,12 @@ class _HandshakeFailed(Exception):
 # Messages (frames once reassembled) taken from the socket before the consumer has read them;
 # beyond this the connection stops reading, so a slow database holds the feed back over TCP.
 MAX_QUEUE = 1024
+# The kernel's receive buffer of a feed's socket, which bounds what one read brings. picows reads
+# all the socket holds into its buffer and doubles the buffer whenever a read fills it; behind a
+# slower database (a replayed day) reads grew to 32 MB, ~30,000 frames taken at once before the
+# queue could pause the socket, and the worker peaked above 300 MB. 256 KB is ~200 frames a read,
+# and at 100 ms round trip still a window of ~2,000 frames/s, far above a live feed's rate.
+RECEIVE_BUFFER = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 OK_CLOSE_CODES = (WSCloseCode.OK.value, WSCloseCode.GOING_AWAY.value)
 # picows logs each connection and disconnection at INFO; those stay out of the worker's log.
@@ -461,6 +468,9 @@ class FeedConsumer:
                 use_aiofastnet=False,
             )
         assert isinstance(receiver, _Receiver)
+        sock = transport.underlying_transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         try:
             yield receiver
         finally:

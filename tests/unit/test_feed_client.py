@@ -532,6 +532,48 @@ def test_a_slow_sink_stops_the_reading_and_loses_nothing() -> None:
     run(test)
 
 
+def test_a_feed_faster_than_the_sink_is_read_in_bounded_amounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """picows grows its read buffer whenever a read fills it: behind a slow sink each read took
+    megabytes, thousands of frames held at once (the worker peaked above 300 MB on a replayed
+    day). The socket's receive buffer bounds every read."""
+    count = 20_000
+    size = len(event_frame(0))
+    peak = 0
+
+    class Counting(feeds._Receiver):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            nonlocal peak
+            super().on_ws_frame(transport, frame)
+            peak = max(peak, len(self.messages))
+
+    monkeypatch.setattr(feeds, "_Receiver", Counting)
+
+    async def flood(ws: ServerConnection) -> None:
+        for n in range(count):
+            await ws.send(event_frame(n), text=True)
+        await hold(ws)
+
+    class SlowSink(Sink):
+        async def put(
+            self, events: Sequence[Event], dead: Sequence[DeadLetter], checkpoint: Checkpoint | None
+        ) -> None:
+            await asyncio.sleep(0.002 * len(events) / 100)  # slower than loopback
+            await super().put(events, dead, checkpoint)
+
+    async def test() -> None:
+        sink = SlowSink()
+        async with feed_server(Feed([flood])) as url, running(consumer(url, sink)):
+            await sink.wait_for(lambda: len(sink.events) == count)
+        assert [log_index(e) for e in sink.events] == list(range(count))
+        # What one read can bring (the kernel reports twice the buffer it was asked for) on top
+        # of a full queue.
+        assert peak <= feeds.MAX_QUEUE + 2 * feeds.RECEIVE_BUFFER // size, peak
+
+    run(test)
+
+
 def test_loopback_never_goes_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "ws_proxy", "socks_proxy", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing there
