@@ -78,12 +78,11 @@ PENDING = """
 INSERT INTO order_filled_pending (business_date, tx_hash, order_hash, token_id, token_label,
   complement_token_id, complement_token_label, side, market_slug, condition_id, market_id, title,
   outcome, outcome_index, is_neg_risk, shares, shares_normalized, price, fee, user_address,
-  taker_address, role, version, builder, metadata, event_time, raw, superseded_at)
+  taker_address, role, version, builder, metadata, event_time, raw)
 SELECT business_date, tx_hash, order_hash, token_id, token_label, complement_token_id,
        complement_token_label, side, market_slug, condition_id, market_id, title, outcome,
        outcome_index, is_neg_risk, shares, shares_normalized, price, fee, user_address,
-       taker_address, role, version, builder, metadata, event_time - interval '4 seconds', raw,
-       event_time + interval '1 second'
+       taker_address, role, version, builder, metadata, event_time - interval '4 seconds', raw
 FROM order_filled WHERE business_date = :d AND log_index / 3 % 2 = 0
 """
 

@@ -352,25 +352,36 @@ class OrderFilled(ChainFillColumns, Base):
     log_index: Mapped[int] = mapped_column(sort_order=LAST)
 
 
+# A day and its neighbours, for rows of one chain transaction that may straddle midnight: a pending
+# fill is stamped a few seconds before its confirmation (with clock skew, after it). Three
+# equalities, not a BETWEEN: a range on an index's leading column would scan every entry of those
+# days per looked-up row, where this makes three point probes on (business_date, tx_hash, ...).
+NEAR_DAYS = "= ANY(ARRAY[{day} - 1, {day}, {day} + 1])"
+
+
+def pending_confirmed(pending: str, day: str | None = None) -> str:
+    """SQL: the pending fill aliased `pending` has its confirmed order_filled (is superseded).
+
+    `day`: the business_date of every pending row looked at, when the query has one (a
+    parameter): the lookup then reads three day partitions, not all of them."""
+    day = day or f"{pending}.business_date"
+    return (
+        "EXISTS (SELECT FROM order_filled AS confirmed "
+        f"WHERE confirmed.tx_hash = {pending}.tx_hash "
+        f"AND confirmed.order_hash = {pending}.order_hash "
+        f"AND confirmed.business_date {NEAR_DAYS.format(day=day)})"
+    )
+
+
 class OrderFilledPending(ChainFillColumns, Base):
-    """PENDING (mempool) fills: no log_index yet; superseded by the confirmed event."""
+    """PENDING (mempool) fills: no log_index yet. Superseded by the confirmed order_filled of the
+    same (tx_hash, order_hash), which readers look up (`pending_confirmed`): a pending row is
+    written once and never updated, whichever of the two arrives first."""
 
     __tablename__ = "order_filled_pending"
     __table_args__ = chain_fill_table_args(
         PrimaryKeyConstraint("business_date", "tx_hash", "order_hash"),
-        # Each confirmed fill looks here for a pending one to supersede. Almost every pending
-        # row is superseded within seconds, so this stays tiny at any day size where the
-        # primary key would make every lookup a random read.
-        Index(
-            "ix_order_filled_pending_unsuperseded",
-            "business_date",
-            "tx_hash",
-            "order_hash",
-            postgresql_where=text("superseded_at IS NULL"),
-        ),
     )
-
-    superseded_at: Mapped[datetime | None] = mapped_column(sort_order=LAST)
 
 
 class FeeRefund(Base):

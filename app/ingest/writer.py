@@ -15,8 +15,9 @@ Merge rules (the same final tables whatever the order or repetition of deliverie
 - trade_capture and instrument hold the current state: the greatest delivery wins, by
   `trade_delivery_order` (BUSTED is terminal, then later update_time, then state precedence) and
   by update_time respectively; the raw bytes break exact ties so arrival order never matters.
-- A confirmed order_filled supersedes the pending rows of its (tx_hash, order_hash); a pending
-  event that arrives after its confirmation is stored already superseded.
+- A confirmed order_filled supersedes the pending rows of its (tx_hash, order_hash). Nothing is
+  updated for it: readers look the confirmation up (`models.pending_confirmed`), so a pending row
+  is written once, in whichever order the two arrive.
 - fee_refund takes its business_date from the order_filled of the same (tx_hash, order_hash) if
   stored, else of the same order_hash, else its own timestamp, else the feed's current day (the
   latest order_filled date). A confirmed order_filled arriving later re-dates its refund.
@@ -40,6 +41,7 @@ from psycopg import errors
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from app.db.models import NEAR_DAYS
 from app.db.partitions import ensure_partitions
 from app.domain.events import (
     TRADE_STATE_PRECEDENCE,
@@ -78,8 +80,8 @@ class WriteResult:
     """What one committed batch changed.
 
     `rows`: rows inserted (or, for the current-state tables trade_capture and instrument,
-    inserted or replaced) per table, plus `superseded` pending fills and `fee_refund_redated`
-    refunds; a duplicate counts nothing.
+    inserted or replaced) per table, plus `fee_refund_redated` refunds; a duplicate counts
+    nothing.
     """
 
     events: int
@@ -306,12 +308,6 @@ FILL_COLUMNS = (
     "event_time",
     "raw",
 )
-# A pending fill and its confirmation share (tx_hash, order_hash); the pending one's timestamp is
-# a few seconds earlier, so it may sit in the previous day's partition (or, with clock skew, the
-# next one's). The window also lets each lookup prune to three partitions. Written as three
-# equalities, not a BETWEEN: a range on the index's leading column would scan every index entry of
-# those days per looked-up row, instead of three point probes on (business_date, tx_hash, ...).
-NEAR_DAYS = "= ANY(ARRAY[{day} - 1, {day}, {day} + 1])"
 # Confirmed fills are the bulk of a day. They are COPYed straight into order_filled (see
 # BatchWriter._write_fills); staging holds only their keys, for the statements that follow.
 FILL_KEY_COLUMNS = ("status", "business_date", "tx_hash", "order_hash")
@@ -329,22 +325,10 @@ ORDER_FILLED = Kind(
     shape=f"SELECT NULL::text AS status, {_list(CONFIRMED_FILL_COLUMNS)} FROM order_filled",
     merges=(
         (
-            "superseded",
-            "UPDATE order_filled_pending AS p SET superseded_at = now() "
-            "FROM (SELECT DISTINCT business_date, tx_hash, order_hash "
-            "FROM ingest_stage_order_filled WHERE status = 'confirmed') AS c "
-            "WHERE p.tx_hash = c.tx_hash AND p.order_hash = c.order_hash "
-            f"AND p.business_date {NEAR_DAYS.format(day='c.business_date')} "
-            "AND p.superseded_at IS NULL",
-        ),
-        (
             "order_filled_pending",
-            f"INSERT INTO order_filled_pending ({_list(FILL_COLUMNS)}, superseded_at) "
-            f"SELECT {_list(FILL_COLUMNS, 's.')}, "
-            "CASE WHEN EXISTS (SELECT FROM order_filled AS o "
-            "WHERE o.tx_hash = s.tx_hash AND o.order_hash = s.order_hash "
-            f"AND o.business_date {NEAR_DAYS.format(day='s.business_date')}) THEN now() END "
-            "FROM ingest_stage_order_filled AS s WHERE s.status = 'pending' "
+            f"INSERT INTO order_filled_pending ({_list(FILL_COLUMNS)}) "
+            f"SELECT {_list(FILL_COLUMNS)} FROM ingest_stage_order_filled "
+            "WHERE status = 'pending' "
             "ON CONFLICT (business_date, tx_hash, order_hash) DO NOTHING",
         ),
         (

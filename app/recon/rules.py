@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from app.db.models import Execution, ReportExecution
+from app.db.models import Execution, ReportExecution, pending_confirmed
 from app.domain.breaks import BreakKind, severity_map
 
 # What the ingest workers write into `gap_window.source` (stream name, then an optional shard).
@@ -440,14 +440,14 @@ GROUP BY kind, tx_hash
 PENDING_UNCONFIRMED = Rule(
     name="pending_unconfirmed",
     kinds=(BreakKind.CHAIN_PENDING_UNCONFIRMED,),
-    query="""
+    query=f"""
 SELECT 'chain_pending_unconfirmed' AS kind, p.tx_hash || '|' || p.order_hash AS key,
        NULL::jsonb AS expected,
        jsonb_build_object('shares', p.shares, 'price', p.price, 'fee', p.fee) AS actual,
        jsonb_build_object('role', p.role, 'user_address', p.user_address,
                           'condition_id', p.condition_id, 'event_time', p.event_time) AS details
 FROM order_filled_pending AS p
-WHERE p.business_date = :business_date AND p.superseded_at IS NULL
+WHERE p.business_date = :business_date AND NOT {pending_confirmed("p", ":business_date")}
   AND p.event_time < :as_of - :pending_grace
   AND NOT EXISTS (
     SELECT 1 FROM gap_window AS g
@@ -471,7 +471,7 @@ WITH drifted AS MATERIALIZED (
   JOIN order_filled AS c
     ON c.business_date = p.business_date AND c.tx_hash = p.tx_hash
    AND c.order_hash = p.order_hash
-  WHERE p.business_date = :business_date AND p.superseded_at IS NOT NULL
+  WHERE p.business_date = :business_date
     AND (abs(p.shares - c.shares) > :drift_tolerance * abs(c.shares)
       OR abs(p.price - c.price) > :drift_tolerance * abs(c.price)
       OR abs(p.fee - c.fee) > :drift_tolerance * abs(c.fee))

@@ -23,6 +23,7 @@ import orjson
 from sqlalchemy import Connection, Engine, text
 
 from app.db.base import BreakStatus, Severity
+from app.db.models import pending_confirmed
 from app.domain.breaks import AgeBucket, age_bucket, age_days
 from app.recon.rules import GAP_EXECUTIONS, GAP_ORDERS_FEED, GAP_TRADES_FEED
 from app.reports.charts import Series, bar_chart, column_chart, fmt_number
@@ -281,8 +282,8 @@ _MATCH_RATES: tuple[tuple[str, str], ...] = (
     ),
     (
         "pending chain events confirmed",
-        """SELECT count(superseded_at), count(*), count(*)
-           FROM order_filled_pending WHERE business_date = :d""",
+        f"""SELECT count(*) FILTER (WHERE {pending_confirmed("p", ":d")}), count(*), count(*)
+           FROM order_filled_pending AS p WHERE business_date = :d""",
     ),
     (
         "V1 maker fills with their fee refund",

@@ -178,7 +178,6 @@ def fill(
 def pending(confirmed: dict[str, Any], **changes: Any) -> dict[str, Any]:
     row = {k: v for k, v in confirmed.items() if k != "log_index"}
     row["event_time"] = confirmed["event_time"] - timedelta(seconds=4)
-    row["superseded_at"] = confirmed["event_time"] + timedelta(seconds=1)
     row.update(changes)
     return row
 

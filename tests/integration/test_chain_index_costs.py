@@ -170,7 +170,6 @@ def _chain_rows() -> dict[str, list[dict[str, Any]]]:
             {
                 **{k: v for k, v in f.items() if k != "log_index"},
                 "event_time": f["event_time"] - timedelta(seconds=3),
-                "superseded_at": None if n % 7 == 0 else f["event_time"],
             }
             for n, f in enumerate(fills[::5])
         ],

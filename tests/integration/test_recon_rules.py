@@ -215,9 +215,7 @@ def _taker_missing(rows: Rows) -> None:
 
 def _unconfirmed(rows: Rows) -> None:
     dropped = fill("txC", 1, "c1", role="maker", shares=1_000_000, user="0xm3")
-    rows["order_filled_pending"].append(
-        pending(dropped, event_time=AS_OF - timedelta(minutes=11), superseded_at=None)
-    )
+    rows["order_filled_pending"].append(pending(dropped, event_time=AS_OF - timedelta(minutes=11)))
 
 
 def _drift(rows: Rows) -> None:
@@ -320,7 +318,6 @@ def test_a_stream_gap_is_backfilled_from_the_report_not_flagged(engine: Engine) 
 def _lost_in_orders_gap(rows: Rows) -> None:
     """The orders feed dropped while txA was mined: a maker's confirmed fill never came."""
     drop(rows, "order_filled", "order_hash", h("a2"))
-    only(rows, "order_filled_pending", "order_hash", h("a2"))["superseded_at"] = None
 
 
 def test_a_stream_gap_ends_where_the_stream_delivered_again(engine: Engine) -> None:
@@ -459,9 +456,7 @@ def test_a_refund_whose_fill_is_on_the_next_day_is_not_an_orphan(engine: Engine)
 def test_a_pending_event_within_its_grace_is_not_yet_a_break(engine: Engine) -> None:
     rows = clean_day()
     young = fill("txC", 1, "c1", role="maker", shares=1_000_000, user="0xm3")
-    rows["order_filled_pending"].append(
-        pending(young, event_time=AS_OF - timedelta(minutes=9), superseded_at=None)
-    )
+    rows["order_filled_pending"].append(pending(young, event_time=AS_OF - timedelta(minutes=9)))
     assert run(engine, rows) == set()
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from psycopg import errors
 from sqlalchemy import Engine, create_engine, make_url, text
 
+from app.db.models import pending_confirmed
 from app.db.partitions import partition_name
 from app.db.session import make_engine
 from app.domain.events import (
@@ -219,8 +220,8 @@ SNAPSHOT = {
     "position_change": "SELECT * FROM position_change WHERE account = 'A-' || :ns",
     "order_filled": "SELECT * FROM order_filled WHERE tx_hash LIKE '0x' || :ns || '%'",
     "order_filled_pending": (
-        "SELECT *, superseded_at IS NOT NULL AS superseded "
-        "FROM order_filled_pending WHERE tx_hash LIKE '0x' || :ns || '%'"
+        f"SELECT *, {pending_confirmed('p')} AS superseded "
+        "FROM order_filled_pending AS p WHERE tx_hash LIKE '0x' || :ns || '%'"
     ),
     "fee_refund": "SELECT * FROM fee_refund WHERE tx_hash LIKE '0x' || :ns || '%'",
     "feed_trade": "SELECT * FROM feed_trade WHERE tx_hash LIKE '0x' || :ns || '%'",
@@ -229,7 +230,7 @@ SNAPSHOT = {
     ),
 }
 # When a row arrived or changed is not part of what it says.
-VOLATILE = {"received_at", "updated_at", "superseded_at"}
+VOLATILE = {"received_at", "updated_at"}
 
 
 def snapshot(engine: Engine, ns: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -320,8 +321,8 @@ def test_the_reference_day_has_the_merge_semantics(
         # Confirmed fills supersede their pending rows, across midnight too; the dropped
         # transaction's pending row stays live.
         assert rows(
-            "SELECT business_date, right(order_hash, 1), superseded_at IS NOT NULL "
-            "FROM order_filled_pending WHERE tx_hash LIKE '0x' || :ns || '%' ORDER BY 2"
+            f"SELECT business_date, right(order_hash, 1), {pending_confirmed('p')} "
+            "FROM order_filled_pending AS p WHERE tx_hash LIKE '0x' || :ns || '%' ORDER BY 2"
         ) == [(DAY, "1", True), (DAY, "2", True), (DAY, "3", True), (DAY, "7", False)]
         assert rows(
             "SELECT right(order_hash, 1), business_date, event_time FROM fee_refund "
@@ -550,7 +551,10 @@ def test_a_fill_stored_before_sends_its_batch_through_the_merge(shared_engine: E
             {"tx": day.hash(1, 1)},
         ).all()
         pending = conn.execute(
-            text("SELECT superseded_at IS NOT NULL FROM order_filled_pending WHERE tx_hash = :tx"),
+            text(
+                f"SELECT {pending_confirmed('p')} FROM order_filled_pending AS p "
+                "WHERE tx_hash = :tx"
+            ),
             {"tx": day.hash(1, 1)},
         ).all()
     assert [tuple(row) for row in fills] == [(1, Decimal("0.53")), (2, Decimal("0.53"))]
