@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from psycopg import adapt, postgres
 from psycopg._copy_base import BinaryFormatter
 

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import Connection, Engine, make_url, text
 
