@@ -309,7 +309,7 @@ FILL_COLUMNS = (
     "raw",
 )
 # Confirmed fills are the bulk of a day. They are COPYed straight into order_filled (see
-# BatchWriter._write_fills); staging holds only their keys, for the statements that follow.
+# BatchWriter._write_fills); staging holds only their keys, to re-date their refunds.
 FILL_KEY_COLUMNS = ("status", "business_date", "tx_hash", "order_hash")
 CONFIRMED_FILL_COLUMNS = (*FILL_COLUMNS, "log_index")
 # The fallback when a confirmed fill is already stored: stage the whole rows, merge as usual.
